@@ -1,0 +1,47 @@
+"""Registration of every model type with the transformers Auto classes, in one place.
+
+`MODEL_TYPES` is the registry: one entry per method, with its config, model, generation model and processor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from .configuration import CompressedVLMConfig, TokenPackerConfig
+from .modeling import CompressedVLMForConditionalGeneration, CompressedVLMModel
+from .modeling.tokenpacker import TokenPackerForConditionalGeneration, TokenPackerModel
+from .processing import CompressedVLMProcessor, TokenPackerProcessor
+
+
+@dataclass(frozen=True)
+class ModelType:
+    config_class: type[CompressedVLMConfig]
+    model_class: type[CompressedVLMModel]
+    for_generation_class: type[CompressedVLMForConditionalGeneration]
+    processor_class: type[CompressedVLMProcessor]
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    "tokenpacker": ModelType(
+        TokenPackerConfig, TokenPackerModel, TokenPackerForConditionalGeneration, TokenPackerProcessor
+    ),
+}
+
+
+def register_all() -> None:
+    # AutoModelForVision2Seq is deprecated in 4.57 and gone in 5.x.
+    generation_autos = [AutoModelForImageTextToText]
+    if getattr(transformers, "AutoModelForVision2Seq", None) is not None:
+        generation_autos.append(transformers.AutoModelForVision2Seq)
+    for name, entry in MODEL_TYPES.items():
+        AutoConfig.register(name, entry.config_class, exist_ok=True)
+        AutoModel.register(entry.config_class, entry.model_class, exist_ok=True)
+        for auto_class in generation_autos:
+            auto_class.register(entry.config_class, entry.for_generation_class, exist_ok=True)
+        AutoProcessor.register(entry.config_class, entry.processor_class, exist_ok=True)
+
+
+register_all()

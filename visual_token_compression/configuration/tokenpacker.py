@@ -1,0 +1,77 @@
+"""Configuration of TokenPacker (Li et al., 2024): coarse-to-fine point queries with region-to-point attention."""
+
+from __future__ import annotations
+
+from .base import CompressedVLMConfig
+
+
+class TokenPackerConfig(CompressedVLMConfig):
+    """TokenPacker: each view's G x G patch grid becomes (G / scale_factor)^2 tokens.
+
+    Defaults reproduce the released models (CLIP-L/14-336, layers [12, 16, 22, 23] multi-level, -2 single-level,
+    8 heads of 128, 576 -> 144 tokens).
+
+    Args:
+        scale_factor: downsampling per side (2, 3, 4 released: 144, 64, 36 tokens). Must divide the patch grid.
+        compressor_hidden_size: width of the queries/keys/values inside the packer; `None` uses the vision width
+            (the original's 1024).
+        compressor_head_dim: width of one attention head (128 in the original, so 8 heads at width 1024).
+        compressor_num_heads: overrides the head count; `None` gives `compressor_hidden_size // compressor_head_dim`.
+        layer_norm_eps: epsilon of the q/k/v LayerNorms (1e-6 in the original).
+    """
+
+    model_type = "tokenpacker"
+
+    def __init__(
+        self,
+        vision_config=None,
+        text_config=None,
+        image_token_id: int | None = None,
+        vision_feature_layer: int = -2,
+        multi_level_feature_layers: list[int] | None = None,
+        scale_factor: int = 2,
+        compressor_hidden_size: int | None = None,
+        compressor_head_dim: int = 128,
+        compressor_num_heads: int | None = None,
+        layer_norm_eps: float = 1e-6,
+        **kwargs,
+    ):
+        super().__init__(
+            vision_config=vision_config,
+            text_config=text_config,
+            image_token_id=image_token_id,
+            vision_feature_layer=vision_feature_layer,
+            multi_level_feature_layers=multi_level_feature_layers,
+            **kwargs,
+        )
+        if scale_factor < 1 or self.vision_grid_size % scale_factor != 0:
+            raise ValueError(
+                f"scale_factor={scale_factor} must divide the vision grid of {self.vision_grid_size} patches per side "
+                f"(image_size {self.vision_config.image_size} / patch_size {self.vision_config.patch_size})."
+            )
+        self.scale_factor = scale_factor
+        self.compressor_hidden_size = compressor_hidden_size or self.vision_config.hidden_size
+        if compressor_num_heads is None:
+            if self.compressor_hidden_size % compressor_head_dim != 0:
+                raise ValueError(
+                    f"compressor_hidden_size={self.compressor_hidden_size} is not a multiple of "
+                    f"compressor_head_dim={compressor_head_dim}; set compressor_num_heads explicitly."
+                )
+            compressor_num_heads = self.compressor_hidden_size // compressor_head_dim
+        if compressor_num_heads < 1 or self.compressor_hidden_size % compressor_num_heads != 0:
+            raise ValueError(
+                f"compressor_num_heads={compressor_num_heads} must divide compressor_hidden_size="
+                f"{self.compressor_hidden_size}."
+            )
+        self.compressor_head_dim = self.compressor_hidden_size // compressor_num_heads
+        self.compressor_num_heads = compressor_num_heads
+        self.layer_norm_eps = layer_norm_eps
+
+    @property
+    def compressed_grid_size(self) -> int:
+        return self.vision_grid_size // self.scale_factor
+
+    @property
+    def image_seq_length(self) -> int:
+        """Placeholder tokens one image takes in the LLM sequence: (grid / scale_factor)^2."""
+        return self.compressed_grid_size**2

@@ -1,0 +1,240 @@
+"""Shared VLM spine: vision tower -> compressor -> placeholder scatter -> decoder LLM -> LM head.
+
+Built by composition like transformers' Llava: the tower and the LLM come from `AutoModel.from_config`, so any
+CLIP/SigLIP tower and any decoder LLM work. A method only supplies its compressor (and, for some, a mask rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from ..compat import TIED_LM_HEAD, TRANSFORMERS_V5
+from ..configuration.base import CompressedVLMConfig
+from .vision import select_vision_features
+
+
+@dataclass
+class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
+    """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden)."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class CompressedVLMCausalLMOutputWithPast(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class CompressedVLMPreTrainedModel(PreTrainedModel):
+    config_class = CompressedVLMConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class CompressedVLMModel(CompressedVLMPreTrainedModel):
+    """Vision tower + compressor + LLM without a head. Subclasses set `compressor_class`."""
+
+    compressor_class: type[nn.Module]
+
+    def __init__(self, config: CompressedVLMConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.compressor = self.compressor_class(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
+        """Compressed features of every view, already at the LLM width: (views, tokens_per_view, hidden)."""
+        vision_outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
+        )
+        features = select_vision_features(
+            vision_outputs.hidden_states,
+            vision_feature_layer=self.config.vision_feature_layer,
+            num_patches=self.config.vision_grid_size**2,
+            multi_level_feature_layers=self.config.multi_level_feature_layers,
+        )
+        return self.compressor(features, **compressor_inputs)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Where the image placeholders are, (batch, seq) bool."""
+        if self.config.image_token_id is None:
+            raise ValueError(
+                "config.image_token_id is not set: set it to tokenizer.convert_tokens_to_ids('<image>')."
+            )
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    def merge_image_features(
+        self, inputs_embeds: torch.Tensor, placeholder_mask: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the features into the placeholders in order, refusing any count mismatch."""
+        num_placeholders = int(placeholder_mask.sum())
+        num_features = image_features.shape[0] * image_features.shape[1]
+        if num_placeholders != num_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: the text holds {num_placeholders} image "
+                f"placeholder tokens but the images give {num_features} features ({image_features.shape[0]} views "
+                f"x {image_features.shape[1]} tokens). Build inputs with the model's processor."
+            )
+        image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds)
+        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> CompressedVLMModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = None
+        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
+        elif is_prefill and input_ids is not None and self.config.image_token_id is not None:
+            num_placeholders = int((input_ids == self.config.image_token_id).sum())
+            if num_placeholders:
+                raise ValueError(
+                    f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
+                )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **{**kwargs, "return_dict": True},
+        )
+        return CompressedVLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, GenerationMixin):
+    """The VLM with its LM head, loss and generation. Subclasses set `model_class`."""
+
+    model_class: type[CompressedVLMModel]
+    _tied_weights_keys = TIED_LM_HEAD
+    # Inputs consumed at prefill only; decoding steps read them from the KV cache.
+    prefill_only_inputs = ("pixel_values",)
+
+    def __init__(self, config: CompressedVLMConfig):
+        super().__init__(config)
+        self.model = self.model_class(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module):
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values, **compressor_inputs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CompressedVLMCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return CompressedVLMCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """Pass image inputs at prefill only; decoding steps read them from the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if TRANSFORMERS_V5:
+            first_step = bool(kwargs.get("is_first_iteration", False))
+        else:
+            cache_position = kwargs.get("cache_position")
+            first_step = cache_position is None or int(cache_position[0]) == 0
+        keep = first_step or not kwargs.get("use_cache", True)
+        for name in self.prefill_only_inputs:
+            if keep:
+                model_inputs[name] = kwargs.get(name)
+            else:
+                model_inputs.pop(name, None)
+        return model_inputs

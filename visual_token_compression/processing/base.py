@@ -1,0 +1,154 @@
+"""Shared processor: images -> pixel_values, text -> input_ids with each `<image>` expanded to its placeholders."""
+
+from __future__ import annotations
+
+from transformers import ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import MultiModalData
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .chat_templates import VICUNA_V1
+from .images import load_image
+
+TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "padding_side", "add_special_tokens", "pad_to_multiple_of")
+
+
+def build_image_processor(vision_config):
+    """LLaVA-1.5's 'pad' preprocessing for the tower: pad to a square with the mean colour, resize, normalise."""
+    import transformers
+
+    # 5.x without torchvision has only the PIL backend under its own name; 4.57's class is PIL-based already.
+    image_processor_class = getattr(transformers, "LlavaImageProcessorPil", None) or transformers.LlavaImageProcessor
+    size = vision_config.image_size
+    is_siglip = "siglip" in vision_config.model_type
+    mean, std = ([0.5] * 3, [0.5] * 3) if is_siglip else (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD))
+    return image_processor_class(
+        do_pad=True,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=mean,
+        image_std=std,
+    )
+
+
+class CompressedVLMProcessor(ProcessorMixin):
+    """Image processor + tokenizer that writes exactly as many `<image>` placeholders as the model fills.
+
+    Args:
+        image_processor: any image processor returning `pixel_values` of the tower's size.
+        tokenizer: the LLM's tokenizer, holding `image_token` as a special token.
+        chat_template: defaults to Vicuna v1, the originals' format.
+        image_token: the placeholder string.
+        image_seq_length: placeholders per image (the compressed token count); methods with a variable count
+            override `image_token_counts`.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        image_token: str = "<image>",
+        image_seq_length: int | None = None,
+        **kwargs,
+    ):
+        self.image_token = image_token
+        self.image_seq_length = image_seq_length
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1, **kwargs)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {image_token!r} token; add it with add_tokens(special_tokens=True).")
+
+    @classmethod
+    def from_config(cls, config, tokenizer, image_processor=None, **kwargs):
+        """The processor matching a model config (placeholder count, tower resolution)."""
+        return cls(
+            image_processor=image_processor or build_image_processor(config.vision_config),
+            tokenizer=tokenizer,
+            image_seq_length=config.image_seq_length,
+            **kwargs,
+        )
+
+    def image_token_counts(self, image_sizes: list[tuple[int, int]]) -> list[int]:
+        """Placeholders for each image, given (height, width): the single source of the count."""
+        if self.image_seq_length is None:
+            raise ValueError("image_seq_length is not set on this processor.")
+        return [self.image_seq_length] * len(image_sizes)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder counts per image for serving stacks (vLLM and others)."""
+        if image_sizes is None:
+            return MultiModalData()
+        counts = self.image_token_counts([tuple(size) for size in image_sizes])
+        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+
+    def preprocess_images(self, images, return_tensors=None) -> dict:
+        """Pixel tensors for the tower; methods that tile override this."""
+        return dict(self.image_processor(images, return_tensors=return_tensors))
+
+    def __call__(self, images=None, text=None, return_tensors=None, **kwargs) -> BatchFeature:
+        kwargs.update(kwargs.pop("processor_kwargs", None) or {})
+        if text is None:
+            raise ValueError("text is required: write one image token per image where the image belongs.")
+        texts = [text] if isinstance(text, str) else list(text)
+        images = [load_image(image) for image in _flatten(images)]
+
+        num_placeholders = sum(sample.count(self.image_token) for sample in texts)
+        if num_placeholders != len(images):
+            raise ValueError(
+                f"The text holds {num_placeholders} {self.image_token!r} tokens but {len(images)} images were given."
+            )
+        counts = self.image_token_counts([(image.height, image.width) for image in images])
+        texts, expected = self._expand_image_tokens(texts, counts)
+
+        tokenizer_kwargs = {name: kwargs[name] for name in TOKENIZER_KWARGS if name in kwargs}
+        tokenizer_kwargs.setdefault("padding", len(texts) > 1)
+        encoding = self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs)
+        encoding.pop("token_type_ids", None)
+        self._check_image_tokens_kept(encoding["input_ids"], expected)
+
+        data = dict(encoding)
+        if images:
+            data.update(self.preprocess_images(images, return_tensors=return_tensors))
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _expand_image_tokens(self, texts: list[str], counts: list[int]) -> tuple[list[str], list[int]]:
+        expanded, expected, image_index = [], [], 0
+        for sample in texts:
+            pieces = sample.split(self.image_token)
+            out = pieces[0]
+            for piece in pieces[1:]:
+                out += self.image_token * counts[image_index] + piece
+                image_index += 1
+            expanded.append(out)
+            expected.append(out.count(self.image_token))
+        return expanded, expected
+
+    def _check_image_tokens_kept(self, input_ids, expected: list[int]):
+        for index, (ids, count) in enumerate(zip(input_ids, expected)):
+            ids = ids.tolist() if hasattr(ids, "tolist") else ids
+            kept = ids.count(self.image_token_id)
+            if kept != count:
+                raise ValueError(
+                    f"Sample {index}: truncation kept {kept} of its {count} image tokens; raise max_length "
+                    f"(model_max_length is {self.tokenizer.model_max_length}) or shorten the text."
+                )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = [name for name in self.tokenizer.model_input_names if name != "token_type_ids"]
+        return names + [name for name in self.image_processor.model_input_names if name not in names]
+
+
+def _flatten(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _flatten(item)]
+    return [images]
+
+

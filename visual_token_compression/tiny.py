@@ -1,0 +1,82 @@
+"""Tiny configs and an in-memory tokenizer, so tests and the demo build real models without any download."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import CONFIG_MAPPING, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges: every text round-trips, and it is built in memory."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=4096,
+    )
+    tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
+    return tokenizer
+
+
+def tiny_vision_config(kind: str = "clip", image_size: int = 32, patch_size: int = 4, num_hidden_layers: int = 4):
+    """A 32-wide CLIP or SigLIP tower (8x8 patches by default)."""
+    model_type = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}[kind]
+    return CONFIG_MAPPING[model_type](
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+def tiny_text_config(kind: str = "llama", vocab_size: int = 512):
+    """A 2-layer, 32-wide Llama or Qwen2 decoder with grouped-query attention."""
+    return CONFIG_MAPPING[kind](
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny(model_type: str = "tokenpacker", vision: str = "clip", text: str = "llama", seed: int = 0, **config_kwargs):
+    """(model, processor) of a randomly initialised tiny VLM of the given method, in eval mode."""
+    import torch
+
+    from .auto import MODEL_TYPES
+
+    entry = MODEL_TYPES[model_type]
+    tokenizer = byte_tokenizer()
+    config_kwargs.setdefault("compressor_head_dim", 8) if model_type == "tokenpacker" else None
+    config = entry.config_class(
+        vision_config=tiny_vision_config(vision),
+        text_config=tiny_text_config(text, vocab_size=len(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **config_kwargs,
+    )
+    torch.manual_seed(seed)
+    model = entry.for_generation_class(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = entry.processor_class.from_config(config, tokenizer)
+    return model, processor
