@@ -7,7 +7,7 @@ import torch
 
 from conversion_scripts.convert_tokenpacker_original_to_hf import convert_state_dict
 from tests.fixtures import case_names, load_case
-from visual_token_compression import TokenPackerConfig
+from visual_token_compression import CompressedVLMConfig, TokenPackerConfig
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
 from visual_token_compression.modeling.vision import VisionFeatures, select_vision_features
 from visual_token_compression.tiny import tiny_text_config
@@ -74,7 +74,7 @@ def test_feature_selection_matches_original(name):
     layers = sorted(case.group("inputs"))
     hidden_states = tuple(case.tensors[f"inputs.{layer}"] for layer in layers)
     num_layers = len(hidden_states) - 1
-    config = TokenPackerConfig(
+    config = CompressedVLMConfig(
         vision_config={"model_type": "clip_vision_model", "num_hidden_layers": num_layers, "hidden_size": 8, "num_attention_heads": 1,
                        "image_size": 8, "patch_size": 2},
         text_config=tiny_text_config(),
