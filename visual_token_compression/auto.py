@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -22,11 +22,17 @@ class ModelType:
     model_class: type[CompressedVLMModel]
     for_generation_class: type[CompressedVLMForConditionalGeneration]
     processor_class: type[CompressedVLMProcessor]
+    # Config overrides that make the method fit `tiny.py`'s 32-wide towers and LLMs (tests, demo).
+    tiny_config_kwargs: dict = field(default_factory=dict)
 
 
 MODEL_TYPES: dict[str, ModelType] = {
     "tokenpacker": ModelType(
-        TokenPackerConfig, TokenPackerModel, TokenPackerForConditionalGeneration, TokenPackerProcessor
+        TokenPackerConfig,
+        TokenPackerModel,
+        TokenPackerForConditionalGeneration,
+        TokenPackerProcessor,
+        tiny_config_kwargs={"compressor_head_dim": 8},
     ),
 }
 

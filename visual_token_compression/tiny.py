@@ -66,7 +66,7 @@ def build_tiny(model_type: str = "tokenpacker", vision: str = "clip", text: str 
 
     entry = MODEL_TYPES[model_type]
     tokenizer = byte_tokenizer()
-    config_kwargs.setdefault("compressor_head_dim", 8) if model_type == "tokenpacker" else None
+    config_kwargs = {**entry.tiny_config_kwargs, **config_kwargs}
     config = entry.config_class(
         vision_config=tiny_vision_config(vision),
         text_config=tiny_text_config(text, vocab_size=len(tokenizer)),

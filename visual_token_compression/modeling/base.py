@@ -49,9 +49,14 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
 
 
 class CompressedVLMModel(CompressedVLMPreTrainedModel):
-    """Vision tower + compressor + LLM without a head. Subclasses set `compressor_class`."""
+    """Vision tower + compressor + LLM without a head. Subclasses set `compressor_class`.
+
+    `compressor_input_names` lists extra processor outputs (besides `pixel_values`) that `forward` hands to
+    `get_image_features`, e.g. QueCC's query tokens; like `pixel_values` they are read at prefill only.
+    """
 
     compressor_class: type[nn.Module]
+    compressor_input_names: tuple[str, ...] = ()
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -123,10 +128,11 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
+        compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
         image_features = None
         is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_image_features(pixel_values, **compressor_inputs)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
         elif is_prefill and input_ids is not None and self.config.image_token_id is not None:
@@ -158,8 +164,6 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
 
     model_class: type[CompressedVLMModel]
     _tied_weights_keys = TIED_LM_HEAD
-    # Inputs consumed at prefill only; decoding steps read them from the KV cache.
-    prefill_only_inputs = ("pixel_values",)
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -232,7 +236,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             cache_position = kwargs.get("cache_position")
             first_step = cache_position is None or int(cache_position[0]) == 0
         keep = first_step or not kwargs.get("use_cache", True)
-        for name in self.prefill_only_inputs:
+        for name in ("pixel_values", *self.model_class.compressor_input_names):
             if keep:
                 model_inputs[name] = kwargs.get(name)
             else:
