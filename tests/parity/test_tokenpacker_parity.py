@@ -75,8 +75,14 @@ def test_feature_selection_matches_original(name):
     hidden_states = tuple(case.tensors[f"inputs.{layer}"] for layer in layers)
     num_layers = len(hidden_states) - 1
     config = CompressedVLMConfig(
-        vision_config={"model_type": "clip_vision_model", "num_hidden_layers": num_layers, "hidden_size": 8, "num_attention_heads": 1,
-                       "image_size": 8, "patch_size": 2},
+        vision_config={
+            "model_type": "clip_vision_model",
+            "num_hidden_layers": num_layers,
+            "hidden_size": 8,
+            "num_attention_heads": 1,
+            "image_size": 8,
+            "patch_size": 2,
+        },
         text_config=tiny_text_config(),
         vision_feature_layer=case.manifest.get("config", {}).get("mm_vision_select_layer", -2),
     )
