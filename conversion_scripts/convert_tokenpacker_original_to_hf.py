@@ -42,7 +42,7 @@ def convert_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, tensor in original.items():
         packed = PACKED_ATTENTION.match(key)
         if packed:
-            for name, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+            for name, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0), strict=True):
                 converted[f"model.compressor.attn.{name}.{packed.group(1)}"] = chunk.clone()
             continue
         for pattern, replacement in KEY_RENAMES:

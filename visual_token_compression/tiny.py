@@ -58,7 +58,9 @@ def tiny_text_config(kind: str = "llama", vocab_size: int = 512):
     )
 
 
-def build_tiny(model_type: str = "tokenpacker", vision: str = "clip", text: str = "llama", seed: int = 0, **config_kwargs):
+def build_tiny(
+    model_type: str = "tokenpacker", vision: str = "clip", text: str = "llama", seed: int = 0, **config_kwargs
+):
     """(model, processor) of a randomly initialised tiny VLM of the given method, in eval mode."""
     import torch
 

@@ -87,9 +87,7 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Where the image placeholders are, (batch, seq) bool."""
         if self.config.image_token_id is None:
-            raise ValueError(
-                "config.image_token_id is not set: set it to tokenizer.convert_tokens_to_ids('<image>')."
-            )
+            raise ValueError("config.image_token_id is not set: set it to tokenizer.convert_tokens_to_ids('<image>').")
         if input_ids is not None:
             return input_ids == self.config.image_token_id
         image_embedding = self.get_input_embeddings()(

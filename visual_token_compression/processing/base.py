@@ -61,7 +61,9 @@ class CompressedVLMProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1, **kwargs)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"The tokenizer has no {image_token!r} token; add it with add_tokens(special_tokens=True).")
+            raise ValueError(
+                f"The tokenizer has no {image_token!r} token; add it with add_tokens(special_tokens=True)."
+            )
 
     @classmethod
     def from_config(cls, config, tokenizer, image_processor=None, **kwargs):
@@ -129,7 +131,7 @@ class CompressedVLMProcessor(ProcessorMixin):
         return expanded, expected
 
     def _check_image_tokens_kept(self, input_ids, expected: list[int]):
-        for index, (ids, count) in enumerate(zip(input_ids, expected)):
+        for index, (ids, count) in enumerate(zip(input_ids, expected, strict=True)):
             ids = ids.tolist() if hasattr(ids, "tolist") else ids
             kept = ids.count(self.image_token_id)
             if kept != count:
@@ -150,5 +152,3 @@ def _flatten(images) -> list:
     if isinstance(images, (list, tuple)):
         return [image for item in images for image in _flatten(item)]
     return [images]
-
-
