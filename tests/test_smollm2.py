@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visual_token_compression.smollm2 import load_smollm2, smollm2_dir, vlm_from_llm
+from visual_token_compression.building import compose_vlm
+from visual_token_compression.smollm2 import load_smollm2, smollm2_dir
 from visual_token_compression.tiny import tiny_vision_config
 
 pytestmark = [
@@ -22,7 +23,7 @@ def test_text_only_prompt_through_the_vlm_equals_the_bare_llm():
         expected = llm(input_ids).logits
     vocab = expected.shape[-1]
 
-    vlm, processor = vlm_from_llm("tokenpacker", llm, tokenizer, tiny_vision_config(), compressor_head_dim=8)
+    vlm, processor = compose_vlm("tokenpacker", tiny_vision_config(), llm, tokenizer, compressor_head_dim=8)
     assert processor.image_token_id == vocab, "<image> is a new token after the LLM's vocabulary"
     with torch.no_grad():
         logits = vlm(input_ids=input_ids).logits

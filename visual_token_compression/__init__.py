@@ -3,6 +3,9 @@
 from . import auto
 from .auto import MODEL_TYPES
 from .configuration import CompressedVLMConfig, TokenPackerConfig
+from .configuration.quecc import QueCCConfig
+from .configuration.setok import SeTokConfig
+from .configuration.voco_llama import VoCoLlamaConfig
 from .modeling import (
     CompressedVLMForConditionalGeneration,
     CompressedVLMModel,
@@ -10,7 +13,14 @@ from .modeling import (
     TokenPackerForConditionalGeneration,
     TokenPackerModel,
 )
+from .modeling.quecc import QueCCForConditionalGeneration, QueCCModel
+from .modeling.setok import SeTokForConditionalGeneration, SeTokModel
+from .modeling.voco_llama import VoCoLlamaForConditionalGeneration, VoCoLlamaModel
 from .processing import CompressedVLMProcessor, TokenPackerProcessor
+from .processing.quecc import QueCCProcessor
+from .processing.setok import SeTokProcessor
+from .processing.tokenpacker_hd import TokenPackerImageProcessor
+from .processing.voco_llama import VoCoLlamaProcessor
 
 __version__ = "0.1.0"
 
@@ -27,3 +37,7 @@ __all__ = [
     "TokenPackerProcessor",
     "auto",
 ]
+__all__ += ["QueCCConfig", "QueCCForConditionalGeneration", "QueCCModel", "QueCCProcessor"]
+__all__ += ["SeTokConfig", "SeTokForConditionalGeneration", "SeTokModel", "SeTokProcessor"]
+__all__ += ["VoCoLlamaConfig", "VoCoLlamaForConditionalGeneration", "VoCoLlamaModel", "VoCoLlamaProcessor"]
+__all__ += ["TokenPackerImageProcessor"]

@@ -11,9 +11,19 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration import CompressedVLMConfig, TokenPackerConfig
+from .configuration.quecc import QueCCConfig
+from .configuration.setok import SeTokConfig
+from .configuration.voco_llama import VoCoLlamaConfig
 from .modeling import CompressedVLMForConditionalGeneration, CompressedVLMModel
+from .modeling.quecc import QueCCForConditionalGeneration, QueCCModel
+from .modeling.setok import SeTokForConditionalGeneration, SeTokModel
 from .modeling.tokenpacker import TokenPackerForConditionalGeneration, TokenPackerModel
+from .modeling.voco_llama import VoCoLlamaForConditionalGeneration, VoCoLlamaModel
 from .processing import CompressedVLMProcessor, TokenPackerProcessor
+from .processing.quecc import QueCCProcessor
+from .processing.setok import SeTokProcessor
+from .processing.tokenpacker_hd import TokenPackerImageProcessor
+from .processing.voco_llama import VoCoLlamaProcessor
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,15 @@ class ModelType:
 
 
 MODEL_TYPES: dict[str, ModelType] = {
+    "setok": ModelType(
+        SeTokConfig,
+        SeTokModel,
+        SeTokForConditionalGeneration,
+        SeTokProcessor,
+        tiny_config_kwargs={"k": 8, "fallback_num_tokens": 8},
+    ),
+    "quecc": ModelType(QueCCConfig, QueCCModel, QueCCForConditionalGeneration, QueCCProcessor),
+    "voco_llama": ModelType(VoCoLlamaConfig, VoCoLlamaModel, VoCoLlamaForConditionalGeneration, VoCoLlamaProcessor),
     "tokenpacker": ModelType(
         TokenPackerConfig,
         TokenPackerModel,
@@ -48,6 +67,10 @@ def register_all() -> None:
         for auto_class in generation_autos:
             auto_class.register(entry.config_class, entry.for_generation_class, exist_ok=True)
         AutoProcessor.register(entry.config_class, entry.processor_class, exist_ok=True)
+    # TokenPacker-HD's tiler, so a saved processor finds it by its `image_processor_type`.
+    transformers.AutoImageProcessor.register(
+        TokenPackerConfig, slow_image_processor_class=TokenPackerImageProcessor, exist_ok=True
+    )
 
 
 register_all()

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from .auto import MODEL_TYPES
-from .smollm2 import load_smollm2, smollm2_dir, vlm_from_llm
+from .building import compose_vlm
+from .smollm2 import load_smollm2, smollm2_dir
 from .tiny import build_tiny, tiny_vision_config
 
 QUESTION = "What shapes are in this image?"
@@ -29,7 +30,7 @@ def build_demo_model(model_type: str, llm: str, **config_kwargs):
     language_model, tokenizer = load_smollm2()
     torch.manual_seed(0)
     kwargs = {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
-    model, processor = vlm_from_llm(model_type, language_model, tokenizer, tiny_vision_config(), **kwargs)
+    model, processor = compose_vlm(model_type, tiny_vision_config(), language_model, tokenizer, **kwargs)
     return model, processor, "SmolLM2-135M-Instruct"
 
 

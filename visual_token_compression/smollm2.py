@@ -27,27 +27,3 @@ def load_smollm2():
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
     return model.eval(), tokenizer
-
-
-def vlm_from_llm(model_type: str, llm, tokenizer, vision_config, **config_kwargs):
-    """(VLM, processor) of a method around an existing causal LM: its weights are reused, `<image>` is added."""
-    import torch
-
-    from .auto import MODEL_TYPES
-
-    entry = MODEL_TYPES[model_type]
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
-    config = entry.config_class(
-        vision_config=vision_config,
-        text_config=llm.config,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        **config_kwargs,
-    )
-    model = entry.for_generation_class(config)
-    model.model.language_model.load_state_dict(llm.model.state_dict())
-    with torch.no_grad():
-        model.lm_head.weight.copy_(llm.lm_head.weight)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), entry.processor_class.from_config(config, tokenizer)

@@ -18,6 +18,8 @@ class TokenPackerConfig(CompressedVLMConfig):
         compressor_head_dim: width of one attention head (128 in the original, so 8 heads at width 1024).
         compressor_num_heads: overrides the head count; `None` gives `compressor_hidden_size // compressor_head_dim`.
         layer_norm_eps: epsilon of the q/k/v LayerNorms (1e-6 in the original).
+        patch_num: turns TokenPacker-HD on: the most tiles per image (9, 16 or 25). `None` is plain TokenPacker,
+            one padded view per image. The model is the same either way; the processor slices the images.
     """
 
     model_type = "tokenpacker"
@@ -34,6 +36,7 @@ class TokenPackerConfig(CompressedVLMConfig):
         compressor_head_dim: int = 128,
         compressor_num_heads: int | None = None,
         layer_norm_eps: float = 1e-6,
+        patch_num: int | None = None,
         **kwargs,
     ):
         super().__init__(
@@ -66,6 +69,9 @@ class TokenPackerConfig(CompressedVLMConfig):
         self.compressor_head_dim = self.compressor_hidden_size // compressor_num_heads
         self.compressor_num_heads = compressor_num_heads
         self.layer_norm_eps = layer_norm_eps
+        if patch_num not in (None, 9, 16, 25):
+            raise ValueError(f"patch_num={patch_num} is not supported: TokenPacker-HD defines 9, 16 and 25 (or None).")
+        self.patch_num = patch_num
 
     @property
     def compressed_grid_size(self) -> int:

@@ -5,8 +5,12 @@ from .base import (
     CompressedVLMModelOutputWithPast,
     CompressedVLMPreTrainedModel,
 )
+from .quecc import QueCCCompressor, QueCCForConditionalGeneration, QueCCModel
+from .setok import SeTokCompressor, SeTokForConditionalGeneration, SeTokModel
 from .tokenpacker import TokenPackerCompressor, TokenPackerForConditionalGeneration, TokenPackerModel
 from .vision import VisionFeatures, select_vision_features
+from .voco_cache import VoCoCache
+from .voco_llama import VoCoLlamaForConditionalGeneration, VoCoLlamaModel, VoCoLlamaProjector
 
 __all__ = [
     "CompressedVLMCausalLMOutputWithPast",
@@ -20,3 +24,6 @@ __all__ = [
     "VisionFeatures",
     "select_vision_features",
 ]
+__all__ += ["QueCCCompressor", "QueCCForConditionalGeneration", "QueCCModel"]
+__all__ += ["SeTokCompressor", "SeTokForConditionalGeneration", "SeTokModel"]
+__all__ += ["VoCoCache", "VoCoLlamaForConditionalGeneration", "VoCoLlamaModel", "VoCoLlamaProjector"]

@@ -225,9 +225,17 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, **kwargs
+    ):
         """Pass image inputs at prefill only; decoding steps read them from the KV cache."""
-        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         if TRANSFORMERS_V5:
             first_step = bool(kwargs.get("is_first_iteration", False))
         else:

@@ -10,7 +10,15 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .chat_templates import VICUNA_V1
 from .images import load_image
 
-TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "padding_side", "add_special_tokens", "pad_to_multiple_of")
+TOKENIZER_KWARGS = (
+    "padding",
+    "truncation",
+    "max_length",
+    "padding_side",
+    "add_special_tokens",
+    "pad_to_multiple_of",
+    "return_offsets_mapping",
+)
 
 
 def build_image_processor(vision_config):

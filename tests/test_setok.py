@@ -1,0 +1,216 @@
+"""SeTok's own behaviour: dynamic token counts inside fixed placeholders, clustering options, config, conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conversion_scripts.convert_setok_original_to_hf import convert_state_dict
+from visual_token_compression import SeTokConfig
+from visual_token_compression.modeling.setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
+from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
+
+PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
+
+
+def images():
+    """Two images that cluster into different counts with the tiny CLIP tower (checked in the tests)."""
+    noise = (np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")
+    halves = np.zeros((32, 32, 3), dtype="uint8")
+    halves[:, 16:] = 255
+    return [Image.fromarray(noise), Image.fromarray(halves)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny("setok", threshold=0.3)
+
+
+def exact_count_logits(model, inputs, image_features, token_mask, strict=True):
+    """Per sample: the same text with exactly n placeholders (no unfilled slots, no padding), as inputs_embeds."""
+    image_token_id = model.config.image_token_id
+    embed = model.get_input_embeddings()
+    results = []
+    for ids, mask, features, filled in zip(
+        inputs["input_ids"], inputs["attention_mask"], image_features, token_mask, strict=True
+    ):
+        placeholder = ids == image_token_id
+        unfilled = torch.zeros_like(placeholder)
+        unfilled[placeholder] = ~filled
+        kept = mask.bool() & ~unfilled
+        kept_ids = ids[kept]
+        embeds = embed(kept_ids)
+        embeds[kept_ids == image_token_id] = features[filled].to(embeds)
+        results.append((kept, embeds[None]))
+    return results
+
+
+def test_outputs_equal_a_sequence_with_exactly_n_tokens(tiny):
+    model, processor = tiny
+    inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="left")
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        image_outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        output = model(**inputs, labels=labels)
+    counts = image_outputs.num_tokens.tolist()
+    assert len(set(counts)) == 2 and all(1 < n < model.config.max_image_tokens for n in counts), counts
+    assert output.image_hidden_states.shape[1] == model.config.max_image_tokens
+
+    losses = []
+    for index, (kept, embeds) in enumerate(
+        exact_count_logits(model, inputs, image_outputs.image_features, image_outputs.token_mask)
+    ):
+        with torch.no_grad():
+            reference = model(inputs_embeds=embeds, labels=labels[index][kept][None])
+        torch.testing.assert_close(output.logits[index][kept], reference.logits[0], atol=1e-5, rtol=1e-5)
+        losses.append((reference.loss, int((labels[index][kept][1:] != -100).sum())))
+    expected_loss = sum(loss * count for loss, count in losses) / sum(count for _, count in losses)
+    torch.testing.assert_close(output.loss, expected_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_unfilled_slots_are_masked_and_skipped_by_positions(tiny):
+    model, processor = tiny
+    inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        output = model(**inputs)
+    placeholder = inputs["input_ids"][0] == model.config.image_token_id
+    n = int(output.attention_mask[0][placeholder].sum())
+    assert output.attention_mask[0][placeholder].tolist() == [1] * n + [0] * (model.config.max_image_tokens - n)
+    kept = output.attention_mask[0].bool()
+    assert output.position_ids[0][kept].tolist() == list(range(int(kept.sum())))
+    assert (output.image_hidden_states[0, n:] == 0).all()
+
+
+def test_batched_generate_equals_exact_count_sequences(tiny):
+    model, processor = tiny
+    inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="left")
+    with torch.no_grad():
+        image_outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+    for index, (_, embeds) in enumerate(
+        exact_count_logits(model, inputs, image_outputs.image_features, image_outputs.token_mask)
+    ):
+        with torch.no_grad():
+            reference = model.generate(inputs_embeds=embeds, max_new_tokens=6, do_sample=False)
+        assert new_tokens[index].tolist() == reference[0].tolist()
+
+
+def test_siglip_tower_and_save_load_roundtrip(tmp_path):
+    model, processor = build_tiny("setok", vision="siglip")
+    inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded.config.max_image_tokens == model.config.max_image_tokens == model.config.vision_grid_size**2
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, logits)
+
+
+def test_processor_writes_max_image_tokens_placeholders():
+    model, processor = build_tiny("setok", max_image_tokens=12)
+    inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 12
+    assert processor._get_num_multimodal_tokens(image_sizes=[(32, 32), (60, 20)]).num_image_tokens == [12, 12]
+
+
+def test_max_image_tokens_keeps_the_highest_scoring_centers():
+    x = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(0))
+    full = dpc_knn_cluster(x, k=4, threshold=0.2, fallback_num_tokens=4)
+    assert (full.num_tokens > 5).all()
+    clamped = dpc_knn_cluster(x, k=4, threshold=0.2, fallback_num_tokens=4, max_num_tokens=5)
+    assert clamped.num_tokens.tolist() == [5, 5]
+    for view in range(2):
+        centers = full.centers[view, : full.num_tokens[view]]
+        top = centers[full.scores[view, centers].topk(5).indices].sort().values
+        assert clamped.centers[view].tolist() == top.tolist()
+        assert (clamped.labels[view] < 5).all() and (clamped.labels[view] >= 0).all()
+
+
+def test_fallback_when_no_score_passes_and_single_token_otherwise():
+    x = torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(1))
+    assert dpc_knn_cluster(x, k=8, threshold=100.0, fallback_num_tokens=6).num_tokens.tolist() == [6]
+    # i.i.d. features: only the global density peak passes, and fallback_num_tokens is no lower bound
+    x = torch.randn(1, 64, 32, generator=torch.Generator().manual_seed(1))
+    assert dpc_knn_cluster(x, k=8, threshold=0.5, fallback_num_tokens=16).num_tokens.tolist() == [1]
+
+
+def test_clustering_runs_in_fp32_under_bf16():
+    model, processor = build_tiny("setok")
+    model = model.to(torch.bfloat16)
+    inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        logits = model(**inputs).logits
+    assert outputs.scores.dtype == torch.float32 and outputs.image_features.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+
+
+def test_position_table_follows_the_tower_grid():
+    for kind, image_size, patch_size in (("clip", 32, 4), ("siglip", 48, 4)):
+        config = SeTokConfig(
+            vision_config=tiny_vision_config(kind, image_size=image_size, patch_size=patch_size),
+            text_config=tiny_text_config(),
+            k=8,
+            fallback_num_tokens=8,
+        )
+        assert config.max_image_tokens == (image_size // patch_size) ** 2
+    table = sincos_position_encoding_2d(12, 12, 32).reshape(12, 12, 32)
+    # the first 16 dims encode the row only, the next 16 the column only
+    assert torch.equal(table[:, 0, :16], table[:, 7, :16]) and torch.equal(table[0, :, 16:], table[5, :, 16:])
+    assert not torch.equal(table[0, 0, :16], table[1, 0, :16])
+
+
+def test_stage_one_gradients_reach_the_cluster_encoders_and_projector(tiny):
+    model, processor = build_tiny("setok", threshold=0.3)
+    model.train()
+    inputs = processor(images=images()[:1], text=PROMPT + " Fine", return_tensors="pt")
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    model(**inputs, labels=labels).loss.backward()
+    for name in ("inner_encoder", "inter_encoder", "out", "projector"):
+        module = getattr(model.model.compressor, name)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 65}, "k=65"),
+        ({"fallback_num_tokens": 0}, "fallback_num_tokens=0"),
+        ({"max_image_tokens": 65}, "max_image_tokens=65"),
+        ({"threshold": 0.0}, "threshold=0.0"),
+        ({"compressor_num_heads": 3}, "compressor_num_heads=3"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SeTokConfig(vision_config=tiny_vision_config(), text_config=tiny_text_config(), **kwargs)
+
+
+def test_config_defaults_are_the_original_training_defaults():
+    config = SeTokConfig()
+    assert config.vision_config.model_type == "siglip_vision_model" and config.vision_grid_size == 27
+    assert (config.threshold, config.k, config.fallback_num_tokens, config.vision_feature_layer) == (0.55, 64, 64, -1)
+    assert config.max_image_tokens == 729
+    assert config.token_feat_dim == config.compressor_intermediate_size == config.text_config.hidden_size
+
+
+def test_conversion_refuses_unknown_keys_and_broken_aliases():
+    weight = torch.ones(4)
+    with pytest.raises(KeyError, match="detokenizer.mask_tokens"):
+        convert_state_dict({"detokenizer.mask_tokens": weight})
+    with pytest.raises(ValueError, match="should alias"):
+        convert_state_dict(
+            {"tokenizer.inner_encoder.norm1.weight": weight, "tokenizer.inner_encoder.layers.0.0.weight": weight * 2}
+        )
+    converted = convert_state_dict(
+        {"model.vision_tower.inner_encoder.layers.1.1.qkv.weight": weight, "model.mm_in_projector.2.bias": weight}
+    )
+    assert set(converted) == {
+        "model.compressor.inner_encoder.layers.1.qkv.weight",
+        "model.compressor.projector.fc2.bias",
+    }

@@ -1,0 +1,70 @@
+"""Configuration of VoCo-LLaMA (Ye et al., 2024): the LLM itself compresses an image into a few `<voco>` tokens."""
+
+from __future__ import annotations
+
+import copy
+
+from .base import CompressedVLMConfig
+
+
+class VoCoLlamaConfig(CompressedVLMConfig):
+    """VoCo-LLaMA: LLaVA-1.5 (plain 2-layer MLP projector, all 576 patches into the LLM) plus `num_voco_tokens`
+    learned `<voco>` tokens after each image. Text after the VoCo tokens may not attend to anything before them,
+    so at inference only the VoCo tokens' KV has to be kept: 576 -> `num_voco_tokens` cached tokens per image.
+
+    Args:
+        num_voco_tokens: VoCo tokens per image. 1 is the paper's headline setting; the released code hard-codes 2.
+        voco_token_id: id of `<voco>` in the tokenizer and in the LLM's embeddings. `None` treats `<voco>` as new
+            to the LLM, as the original training did (`add_special_tokens` + `resize_token_embeddings`): it takes the
+            id `text_config.vocab_size` and the vocabulary grows by one row. Converted checkpoints set it explicitly; like
+            `image_token_id` it may lie past `text_config.vocab_size` when the embeddings are resized afterwards.
+        multi_level_feature_layers: unused by VoCo-LLaMA (single-level features only), so empty by default.
+    """
+
+    model_type = "voco_llama"
+
+    def __init__(
+        self,
+        vision_config=None,
+        text_config=None,
+        image_token_id: int | None = None,
+        vision_feature_layer: int = -2,
+        multi_level_feature_layers: list[int] | None = None,
+        num_voco_tokens: int = 1,
+        voco_token_id: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            vision_config=vision_config,
+            text_config=text_config,
+            image_token_id=image_token_id,
+            vision_feature_layer=vision_feature_layer,
+            multi_level_feature_layers=[] if multi_level_feature_layers is None else multi_level_feature_layers,
+            **kwargs,
+        )
+        if not isinstance(num_voco_tokens, int) or num_voco_tokens < 1:
+            raise ValueError(f"num_voco_tokens must be a positive integer, got {num_voco_tokens!r}.")
+        if voco_token_id is None:
+            # A private copy, so that growing the vocabulary never changes a config object the caller still holds.
+            self.text_config = copy.deepcopy(self.text_config)
+            voco_token_id = self.text_config.vocab_size
+            if voco_token_id == image_token_id:
+                raise ValueError(
+                    f"voco_token_id=None appends <voco> at id {voco_token_id}, right after the LLM's vocabulary, but "
+                    "<image> was added there already: add <voco> to the tokenizer as well and pass its id."
+                )
+            self.text_config.vocab_size += 1
+        if voco_token_id < 0:
+            raise ValueError(f"voco_token_id must be a token id, got {voco_token_id}.")
+        if voco_token_id == image_token_id:
+            raise ValueError(
+                f"<voco> and <image> share the id {voco_token_id}; they must be different tokens (the original "
+                "LLaVA-1.5 convention puts <image> at 32000, where VoCo-LLaMA's <voco> lives)."
+            )
+        self.num_voco_tokens = num_voco_tokens
+        self.voco_token_id = voco_token_id
+
+    @property
+    def image_seq_length(self) -> int:
+        """Image placeholders per image: every patch of the tower (576 for CLIP-L/14-336), before the VoCo tokens."""
+        return self.vision_grid_size**2

@@ -1,0 +1,351 @@
+"""SeTok (Wu et al., ICLR 2025, arXiv 2406.05127): one token per semantic cluster of patches, a dynamic count.
+
+The processor writes `max_image_tokens` placeholders per image. The model fills the first L with the cluster
+tokens and removes the rest from the computation: their attention-mask entries are 0 and position ids count
+only kept tokens, so every kept position sees exactly what it would see in a sequence with L placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import ModelOutput
+
+from ..configuration.setok import SeTokConfig
+from .base import (
+    CompressedVLMCausalLMOutputWithPast,
+    CompressedVLMForConditionalGeneration,
+    CompressedVLMModel,
+    CompressedVLMModelOutputWithPast,
+)
+from .layers import GeluMLP
+from .setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
+from .vision import VisionFeatures, select_vision_features
+
+
+@dataclass
+class SeTokCompressorOutput(ModelOutput):
+    """image_features: (views, max_image_tokens, text_hidden), zeros after each view's `num_tokens`.
+    token_mask: (views, max_image_tokens) True for the filled slots. cluster_tokens: (views, L, token_feat_dim)
+    the SeTok tokens before the projector, L the batch's largest count. cluster_labels, scores: (views, patches).
+    """
+
+    image_features: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    num_tokens: torch.LongTensor | None = None
+    cluster_tokens: torch.FloatTensor | None = None
+    cluster_labels: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+@dataclass
+class SeTokModelOutputWithPast(CompressedVLMModelOutputWithPast):
+    """`attention_mask` / `position_ids`: what the LLM actually used, unfilled image slots masked out (prefill)."""
+
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class SeTokCausalLMOutputWithPast(CompressedVLMCausalLMOutputWithPast):
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.LongTensor | None = None
+
+
+class SeTokAttention(nn.Module):
+    """The original's timm-style attention (packed qkv with bias, 1/sqrt(head_dim)), with a boolean mask.
+
+    Always torch SDPA: the cluster masks are block-diagonal, which flash kernels cannot express.
+    """
+
+    def __init__(self, width: int, num_heads: int, attention_dropout: float, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden_states (batch, len, width); attention_mask (batch, 1, len, len), True = may attend."""
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        dropout = self.attention_dropout if self.training else 0.0
+        output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
+        return self.proj_drop(self.proj(output.transpose(1, 2).reshape(batch, length, width)))
+
+
+class SeTokMLP(nn.Module):
+    def __init__(self, width: int, intermediate_size: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(width, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(hidden_states)))))
+
+
+class SeTokEncoder(nn.Module):
+    """The original's `Block`, which is not a ViT block: `depth` residual attention layers sharing ONE pre-norm,
+    then ONE residual MLP."""
+
+    def __init__(self, config: SeTokConfig, depth: int):
+        super().__init__()
+        width = config.vision_config.hidden_size
+        self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(
+            SeTokAttention(
+                width, config.compressor_num_heads, config.compressor_attention_dropout, config.compressor_dropout
+            )
+            for _ in range(depth)
+        )
+        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = SeTokMLP(width, config.compressor_intermediate_size, config.compressor_dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        for attention in self.layers:
+            hidden_states = hidden_states + attention(self.norm1(hidden_states), attention_mask)
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+class SeTokCompressor(nn.Module):
+    """(views, patches, vision_width) -> up to `max_image_tokens` cluster tokens per view at the LLM width.
+
+    Features + 2-D sin-cos positions are clustered (no gradient, fp32); the intra-cluster encoder attends only
+    within a cluster (a block-diagonal mask over all patches, so the batch is processed at once) and its outputs
+    are mean-pooled per cluster; the inter-cluster encoder mixes the cluster vectors; `out` and the LLaVA
+    mlp2x_gelu projector bring them to the LLM width.
+    """
+
+    def __init__(self, config: SeTokConfig):
+        super().__init__()
+        self.config = config
+        self.grid = config.vision_grid_size
+        self.inner_encoder = SeTokEncoder(config, config.intra_cluster_layers)
+        self.inter_encoder = SeTokEncoder(config, config.inter_cluster_layers)
+        self.out = nn.Linear(config.vision_config.hidden_size, config.token_feat_dim)
+        text_width = config.text_config.hidden_size
+        self.projector = GeluMLP(config.token_feat_dim, text_width, text_width)
+
+    def forward(
+        self,
+        features: VisionFeatures,
+        token_mask: torch.Tensor | None = None,
+        density_noise: torch.Tensor | None = None,
+        assign_masked_tokens: bool = False,
+    ) -> SeTokCompressorOutput:
+        """`token_mask`, `density_noise` and `assign_masked_tokens` are `dpc_knn_cluster`'s (tests, analysis)."""
+        patches = features.single_level
+        views, num_patches, width = patches.shape
+        if num_patches != self.grid**2:
+            raise ValueError(
+                f"SeTok expects {self.grid**2} patches per view ({self.grid}x{self.grid}), got {num_patches}."
+            )
+        positions = sincos_position_encoding_2d(self.grid, self.grid, width, device=patches.device)
+        hidden = patches + positions.to(patches.dtype)
+        config = self.config
+        clusters = dpc_knn_cluster(
+            hidden,
+            k=config.k,
+            threshold=config.threshold,
+            fallback_num_tokens=config.fallback_num_tokens,
+            max_num_tokens=config.max_image_tokens,
+            token_mask=token_mask,
+            density_noise=density_noise,
+            assign_masked_tokens=assign_masked_tokens,
+        )
+        labels = clusters.labels
+        same_cluster = labels[:, None, :, None] == labels[:, None, None, :]
+        hidden = self.inner_encoder(hidden, same_cluster)
+
+        num_clusters = clusters.centers.shape[1]
+        membership = (labels[:, :, None] == torch.arange(num_clusters, device=labels.device)).to(hidden.dtype)
+        pooled = membership.transpose(1, 2) @ hidden / membership.sum(dim=1)[:, :, None].clamp(min=1)
+        clusters_mask = clusters.center_mask[:, None, None, :]
+        cluster_tokens = self.out(self.inter_encoder(pooled, clusters_mask))
+
+        image_features = self.projector(cluster_tokens) * clusters.center_mask[:, :, None]
+        image_features = F.pad(image_features, (0, 0, 0, config.max_image_tokens - num_clusters))
+        slots = torch.arange(config.max_image_tokens, device=labels.device)
+        return SeTokCompressorOutput(
+            image_features=image_features,
+            token_mask=slots < clusters.num_tokens[:, None],
+            num_tokens=clusters.num_tokens,
+            cluster_tokens=cluster_tokens,
+            cluster_labels=labels,
+            scores=clusters.scores,
+        )
+
+
+def positions_of_kept_tokens(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """0, 1, 2, ... over the tokens whose mask is 1; masked tokens repeat the last position (or 0)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+class SeTokModel(CompressedVLMModel):
+    config_class = SeTokConfig
+    compressor_class = SeTokCompressor
+
+    def get_image_outputs(self, pixel_values: torch.Tensor) -> SeTokCompressorOutput:
+        """The compressor's full output: padded features, which slots are filled, the clusters."""
+        vision_outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
+        )
+        features = select_vision_features(
+            vision_outputs.hidden_states,
+            vision_feature_layer=self.config.vision_feature_layer,
+            num_patches=self.config.vision_grid_size**2,
+        )
+        return self.compressor(features)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(views, max_image_tokens, text_hidden): each view's cluster tokens first, then zeros."""
+        return self.get_image_outputs(pixel_values).image_features
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SeTokModelOutputWithPast:
+        """As the base, but with images the unfilled placeholder slots are masked out and position ids recomputed
+        over the kept tokens (any `position_ids` given count those slots, so they are replaced). Without images
+        (decoding), missing position ids are likewise counted over the 2-D mask's kept tokens."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+
+        image_outputs = None
+        if pixel_values is not None:
+            image_outputs = self.get_image_outputs(pixel_values)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.image_features)
+            if attention_mask is not None and attention_mask.ndim != 2:
+                raise ValueError(
+                    "SeTok masks unfilled image slots in a 2-D attention mask; got a "
+                    f"{attention_mask.ndim}-D one (a static/compiled cache builds 4-D masks: use the dynamic cache)."
+                )
+            unfilled = torch.zeros_like(placeholder_mask)
+            unfilled[placeholder_mask] = ~image_outputs.token_mask.flatten()
+            if attention_mask is None:
+                attention_mask = torch.ones((batch, length), dtype=torch.long, device=inputs_embeds.device)
+            attention_mask = attention_mask * ~unfilled
+            position_ids = positions_of_kept_tokens(attention_mask)
+        elif input_ids is not None and self.config.image_token_id is not None:
+            is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            num_placeholders = int((input_ids == self.config.image_token_id).sum()) if is_prefill else 0
+            if num_placeholders:
+                raise ValueError(
+                    f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
+                )
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **{**kwargs, "return_dict": True},
+        )
+        return SeTokModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=None if image_outputs is None else image_outputs.image_features,
+            attention_mask=attention_mask if image_outputs is not None else None,
+            position_ids=position_ids if image_outputs is not None else None,
+        )
+
+
+def labels_of_next_kept_token(labels: torch.LongTensor, attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Shifted labels that skip masked positions: position t predicts the next *kept* token's label.
+
+    The standard shift would make the last unfilled image slot predict the first text token; in a sequence with
+    exactly L placeholders the last cluster token does, so that is the prediction we train.
+    """
+    kept = attention_mask.bool()
+    length = labels.shape[1]
+    index = torch.arange(length, device=labels.device).expand_as(labels)
+    candidates = torch.where(kept, index, length)[:, 1:]
+    next_kept = candidates.flip(-1).cummin(dim=-1).values.flip(-1)
+    next_kept = torch.cat([next_kept, torch.full_like(next_kept[:, :1], length)], dim=-1)
+    padded = torch.cat([labels, torch.full_like(labels[:, :1], -100)], dim=-1)
+    shifted = padded.gather(1, next_kept)
+    return shifted.masked_fill(~kept, -100)
+
+
+class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
+    config_class = SeTokConfig
+    model_class = SeTokModel
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> SeTokCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            mask = outputs.attention_mask if outputs.attention_mask is not None else attention_mask
+            shift_labels = None if mask is None else labels_of_next_kept_token(labels, mask)
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                shift_labels=shift_labels,
+                vocab_size=self.config.text_config.vocab_size,
+                **kwargs,
+            )
+        return SeTokCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            attention_mask=outputs.attention_mask,
+            position_ids=outputs.position_ids,
+        )
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """Carry the prefill's mask and positions (unfilled slots removed) into every decoding step."""
+        for name in ("attention_mask", "position_ids"):
+            if getattr(outputs, name, None) is not None:
+                model_kwargs[name] = getattr(outputs, name)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)

@@ -1,0 +1,244 @@
+"""VoCo-LLaMA (Ye et al., 2024, arXiv 2406.12275): the LLM compresses each image into the KV of a few VoCo tokens.
+
+The image (576 tokens from LLaVA-1.5's MLP projector) is followed by `num_voco_tokens` `<voco>` tokens, and an
+attention rule seals it: a token after a VoCo run may not see anything before that run except earlier VoCo tokens.
+Training uses the rule as a mask; inference drops the sealed columns from the cache after the prefill (`VoCoCache`).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+from ..compat import TRANSFORMERS_V5
+from ..configuration.voco_llama import VoCoLlamaConfig
+from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, CompressedVLMModelOutputWithPast
+from .layers import GeluMLP
+from .vision import VisionFeatures
+from .voco_cache import VoCoCache
+
+# Backends that add a (batch, 1, query, key) float mask to the scores; the VoCo rule is such a mask.
+MASKED_ATTENTION_BACKENDS = ("eager", "sdpa")
+
+
+class VoCoLlamaProjector(GeluMLP):
+    """LLaVA-1.5's `mlp2x_gelu` projector: every patch feature to the LLM width, no token reduction."""
+
+    def __init__(self, config: VoCoLlamaConfig):
+        width = config.text_config.hidden_size
+        super().__init__(config.vision_config.hidden_size, width, width)
+
+    def forward(self, features: VisionFeatures) -> torch.Tensor:
+        return super().forward(features.single_level)
+
+
+def sealing_positions(voco_mask: torch.Tensor) -> torch.Tensor:
+    """For each token, the index of the last VoCo token of the next VoCo run at or after it (batch, seq).
+
+    Any query after that index may no longer see the token. VoCo tokens and tokens after the last run are never
+    sealed (index `seq`). With one image this is the original rule: text after the last VoCo token cannot see
+    anything before the first one.
+    """
+    length = voco_mask.shape[1]
+    positions = torch.arange(length, device=voco_mask.device).expand_as(voco_mask)
+    next_is_voco = torch.nn.functional.pad(voco_mask[:, 1:], (0, 1), value=False)
+    run_ends = torch.where(voco_mask & ~next_is_voco, positions, length)
+    seals = run_ends.flip(-1).cummin(-1).values.flip(-1)
+    return torch.where(voco_mask, length, seals)
+
+
+def voco_attention_mask(
+    voco_mask: torch.Tensor, key_padding_mask: torch.Tensor, past_length: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive (batch, 1, query, past + query) mask: causal, padding and the VoCo rule, 0 or finfo.min.
+
+    A float mask rather than a bool one, because eager attention *adds* the mask (a bool mask leaks there).
+    Returns the mask and `keep` (batch, query): the new tokens later tokens can still attend to.
+    """
+    batch, query_length = voco_mask.shape
+    device = voco_mask.device
+    key_length = past_length + query_length
+    seals = torch.cat(
+        [torch.full((batch, past_length), key_length, device=device), sealing_positions(voco_mask) + past_length], -1
+    )
+    queries = torch.arange(past_length, key_length, device=device)[None, :, None]
+    keys = torch.arange(key_length, device=device)[None, None, :]
+    allowed = (keys <= queries) & key_padding_mask[:, None, :] & (queries <= seals[:, None, :])
+    # Padding queries keep their own key, so that no row is fully masked (NaN under SDPA); their outputs are unused.
+    allowed |= keys == queries
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    keep = key_padding_mask[:, past_length:] & (seals[:, past_length:] == key_length)
+    return mask[:, None], keep
+
+
+class VoCoLlamaModel(CompressedVLMModel):
+    config_class = VoCoLlamaConfig
+    compressor_class = VoCoLlamaProjector
+
+    def get_voco_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Where the VoCo tokens are, (batch, seq) bool; read from the embeddings when only those are given."""
+        if input_ids is not None:
+            return input_ids == self.config.voco_token_id
+        voco_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.voco_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == voco_embedding).all(-1)
+
+    def check_voco_layout(self, placeholder_mask: torch.Tensor, voco_mask: torch.Tensor):
+        """Every image must be followed by its VoCo tokens; an image without them would reach the text unsealed."""
+        starts = placeholder_mask & ~torch.nn.functional.pad(placeholder_mask[:, :-1], (1, 0), value=False)
+        images, vocos = starts.sum(-1), voco_mask.sum(-1)
+        expected = images * self.config.num_voco_tokens
+        for row in torch.nonzero(vocos != expected).flatten().tolist():
+            raise ValueError(
+                f"Sample {row} holds {int(images[row])} images and {int(vocos[row])} <voco> tokens, but needs "
+                f"{self.config.num_voco_tokens} per image ({int(expected[row])}); build inputs with "
+                "VoCoLlamaProcessor, and never truncate through image or VoCo tokens."
+            )
+
+    def check_attention_backend(self):
+        implementation = self.language_model.config._attn_implementation or "eager"
+        if implementation not in MASKED_ATTENTION_BACKENDS:
+            raise ValueError(
+                f"VoCo-LLaMA needs an arbitrary attention mask (text after the VoCo tokens may not see the image), "
+                f"which attn_implementation={implementation!r} cannot take: it would silently fall back to plain "
+                f"causal attention. Use attn_implementation='sdpa' or 'eager' for the language model, e.g. "
+                "{'text_config': 'sdpa', 'vision_config': 'flash_attention_2'}."
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> CompressedVLMModelOutputWithPast:
+        self.check_attention_backend()
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if attention_mask is not None and attention_mask.ndim != 2:
+            raise ValueError("VoCo-LLaMA builds its own 4D attention mask; pass the 2D padding mask (batch, seq).")
+        voco_mask = self.get_voco_mask(input_ids, inputs_embeds)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        batch, query_length = voco_mask.shape
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if self.config.image_token_id is None and pixel_values is None:
+            placeholder_mask = torch.zeros_like(voco_mask)  # a text-only model
+        else:
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
+        elif placeholder_mask.any() and past_length == 0:
+            raise ValueError(
+                f"The text holds {int(placeholder_mask.sum())} image placeholder tokens but no pixel_values were given."
+            )
+        if past_length == 0:
+            self.check_voco_layout(placeholder_mask, voco_mask)
+        elif voco_mask.any():
+            raise ValueError(
+                "VoCo tokens must all be in the first forward pass of a sequence (the prefill): a cached prefix "
+                "cannot be sealed afterwards."
+            )
+
+        if isinstance(past_key_values, VoCoCache):
+            physical_past = past_key_values.physical_length()
+            key_padding_mask = past_key_values.key_padding_mask(attention_mask, batch, query_length)
+        else:
+            physical_past = past_length
+            key_padding_mask = (
+                attention_mask.bool()
+                if attention_mask is not None
+                else voco_mask.new_ones(batch, past_length + query_length)
+            )
+        mask, keep = voco_attention_mask(
+            voco_mask, key_padding_mask.to(voco_mask.device), physical_past, inputs_embeds.dtype
+        )
+        if position_ids is None:
+            position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
+
+        outputs = self.language_model(
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **{**kwargs, "return_dict": True},
+        )
+        cache = outputs.past_key_values
+        if cache is not None and past_length == 0:
+            # Sealed columns are invisible to every later token: dropping them loses nothing.
+            cache = VoCoCache.compress(cache, keep, prefix_ids=input_ids)
+        return CompressedVLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+    @staticmethod
+    def position_ids(attention_mask, past_length: int, batch: int, query_length: int, device) -> torch.LongTensor:
+        """Per-row positions counting real tokens only, so that left padding and cache compression leave them as
+        they would be for the sample alone (the original used arange over the padded batch: same up to 5e-6)."""
+        if attention_mask is None:
+            return torch.arange(past_length, past_length + query_length, device=device).expand(batch, -1)
+        if attention_mask.shape[1] != past_length + query_length:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} tokens, but the cache and the input hold "
+                f"{past_length + query_length}."
+            )
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, past_length:].to(device)
+
+
+class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
+    config_class = VoCoLlamaConfig
+    model_class = VoCoLlamaModel
+
+    def compress_images(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> VoCoCache:
+        """Run an image prefix once (e.g. `processor(images=image, text="<image>")`) and return its compressed cache:
+        `num_voco_tokens` KV columns per image. Pass a `copy.deepcopy` of it as `past_key_values` to `generate`
+        with any prompt that starts with the same prefix, to ask several questions about the image."""
+        voco_mask = input_ids == self.config.voco_token_id
+        if not voco_mask[:, -1].all():
+            raise ValueError(
+                "compress_images expects prompts that end with their VoCo tokens (left padding), e.g. "
+                "processor(images=image, text='<image>', padding_side='left'); text after them would stay uncompressed."
+            )
+        with torch.no_grad():
+            outputs = self.model(
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_cache=True
+            )
+        return outputs.past_key_values
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+        """As the base, and check that a reused compressed cache is the prefix of the prompt it is given with."""
+        first_step = (
+            bool(kwargs.get("is_first_iteration", False))
+            if TRANSFORMERS_V5
+            else kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
+        )
+        cache = past_key_values
+        if first_step and isinstance(cache, VoCoCache) and cache.prefix_ids is not None:
+            prefix = cache.prefix_ids.to(input_ids.device)
+            length = prefix.shape[1]
+            if input_ids.shape[1] <= length or not torch.equal(input_ids[:, :length], prefix):
+                raise ValueError(
+                    f"This compressed cache replaces a {length}-token prefix, but the prompt given with it does not "
+                    f"start with that prefix (prompt length {input_ids.shape[1]}); build the prompt with the same "
+                    "image text, padding and batch as compress_images."
+                )
+        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)

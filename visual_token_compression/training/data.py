@@ -1,0 +1,158 @@
+"""Training data: LLaVA-format JSON or any `datasets` dataset -> supervised batches for a compressed VLM.
+
+Records hold an image (path, PIL image or `datasets` Image dict; absent for text-only samples) and a conversation
+(`[{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]`). Encoding is lazy, in the
+collator, as LLaVA's `lazy_preprocess`, so map-style and streaming datasets go through the same code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from PIL import Image
+
+from ..processing.images import load_image
+from .templates import TEMPLATES
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+INDEX_COLUMN = "__index__"
+
+
+class SampleError(ValueError):
+    """A training sample that cannot be used, with its index and image path."""
+
+
+def load_training_dataset(
+    data: str | datasets.Dataset | datasets.IterableDataset,
+    image_column: str = "image",
+    conversation_column: str = "conversations",
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """A LLaVA JSON file, a `load_dataset` name/folder, or a dataset object -> records with `image`/`conversations`.
+
+    Each record also gets its position (`__index__`) so that errors can name the sample.
+    """
+    if isinstance(data, str):
+        if data.endswith((".json", ".jsonl")):
+            data = datasets.load_dataset("json", data_files=data, split="train", streaming=streaming)
+        else:
+            data = datasets.load_dataset(data, split="train", streaming=streaming)
+    columns = data.column_names or []
+    if conversation_column not in columns:
+        raise ValueError(f"The dataset has no {conversation_column!r} column; its columns are {columns}.")
+    renames = {old: new for old, new in ((image_column, "image"), (conversation_column, "conversations")) if old in columns and old != new}
+    if renames:
+        data = data.rename_columns(renames)
+    return data.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
+
+
+@dataclass
+class CompressedVLMDataCollator:
+    """Encodes raw records into `input_ids`, `attention_mask`, `labels` and `pixel_values`.
+
+    Labels supervise only the template's assistant segments (answers and their EOS). A sample whose image is
+    missing or unreadable, or whose image tokens would be cut by `model_max_length`, raises `SampleError` naming
+    its index and path (`on_error="raise"`, the default), or is logged and left out of the batch (`"skip"`).
+    """
+
+    processor: object
+    template: str = "vicuna_v1"
+    model_max_length: int | None = None
+    image_folder: str | None = None
+    on_error: str = "raise"
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"Unknown template {self.template!r}; choose one of {sorted(TEMPLATES)}.")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}.")
+
+    def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        encoded = []
+        for record in records:
+            try:
+                encoded.append(self.encode(record))
+            except SampleError as error:
+                if self.on_error == "raise":
+                    raise
+                logger.warning("Skipping %s", error)
+        if not encoded:
+            raise SampleError("Every sample of this batch was unusable (see the warnings above).")
+        return self.pad(encoded)
+
+    def _describe(self, record: dict) -> str:
+        image = record.get("image")
+        where = image if isinstance(image, str) else "an in-memory image" if image is not None else "no image"
+        return f"sample {record.get(INDEX_COLUMN, '?')} ({where})"
+
+    def _image(self, record: dict) -> Image.Image | None:
+        image = record.get("image")
+        if image is None or image == "":
+            return None
+        if isinstance(image, dict):  # a `datasets` Image feature that was not decoded
+            image = image.get("path") if image.get("bytes") is None else Image.open(io.BytesIO(image["bytes"]))
+        if isinstance(image, str) and self.image_folder is not None and not Path(image).is_absolute():
+            image = str(Path(self.image_folder) / image)
+        try:
+            return load_image(image)
+        except (OSError, ValueError, TypeError) as error:
+            raise SampleError(f"{self._describe(record)}: unreadable image: {error}") from error
+
+    def encode(self, record: dict) -> dict[str, torch.Tensor]:
+        """One sample through the method's own processor, plus labels from the template's supervised spans."""
+        processor = self.processor
+        image = self._image(record)
+        segments = TEMPLATES[self.template](record["conversations"], processor.image_token, processor.tokenizer.eos_token)
+        texts = [text for text, _ in segments]
+        placeholders = sum(text.count(processor.image_token) for text in texts)
+        if placeholders != (image is not None):
+            raise SampleError(
+                f"{self._describe(record)}: the conversation holds {placeholders} {processor.image_token!r} "
+                f"tokens but the sample has {int(image is not None)} image."
+            )
+        # Character spans of the supervised segments in the text the processor tokenizes (placeholders expanded).
+        counts = processor.image_token_counts([(image.height, image.width)]) if image is not None else []
+        expanded, _ = processor._expand_image_tokens(texts, counts)
+        supervised_spans, cursor = [], 0
+        for text, (_, supervised) in zip(expanded, segments, strict=True):
+            if supervised:
+                supervised_spans.append((cursor, cursor + len(text)))
+            cursor += len(text)
+
+        max_length = self.model_max_length or processor.tokenizer.model_max_length
+        try:
+            features = processor(
+                images=image, text="".join(texts), return_tensors="pt", return_offsets_mapping=True,
+                truncation=True, max_length=max_length,
+            )
+        except ValueError as error:
+            raise SampleError(f"{self._describe(record)}: {error}") from error
+        ends = features.pop("offset_mapping")[0, :, 1].tolist()
+        supervised = [any(start < end <= stop for start, stop in supervised_spans) for end in ends]
+        features["labels"] = torch.where(torch.tensor([supervised]), features["input_ids"], IGNORE_INDEX)
+        return dict(features)
+
+    def pad(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Token tensors (`*input_ids`, `*attention_mask`, `labels`) are padded on the tokenizer's side and stacked;
+        every other tensor (pixel values and other per-view inputs) is concatenated on its first dimension."""
+        tokenizer = self.processor.tokenizer
+        left = tokenizer.padding_side == "left"
+        batch = {}
+        for key in dict.fromkeys(key for sample in samples for key in sample):
+            tensors = [sample[key] for sample in samples if key in sample]
+            if key.endswith("input_ids") or key.endswith("attention_mask") or key == "labels":
+                value = IGNORE_INDEX if key == "labels" else 0 if key.endswith("attention_mask") else tokenizer.pad_token_id
+                length = max(tensor.shape[-1] for tensor in tensors)
+                padded = []
+                for tensor in tensors:
+                    filler = torch.full((*tensor.shape[:-1], length - tensor.shape[-1]), value, dtype=tensor.dtype)
+                    padded.append(torch.cat([filler, tensor] if left else [tensor, filler], dim=-1))
+                tensors = padded
+            batch[key] = torch.cat(tensors)
+        return batch

@@ -1,0 +1,136 @@
+"""`vtc train`: stage 1 (compressor alignment) or stage 2 (instruction tuning) with transformers' `Trainer`.
+
+    vtc train --stage 1 --model_type tokenpacker --vision_tower openai/clip-vit-large-patch14-336 \
+        --language_model lmsys/vicuna-7b-v1.5 --data blip_laion_cc_sbu_558k.json --image_folder images/ \
+        --output_dir out/stage1 [any TrainingArguments]
+    vtc train --stage 2 --init_from out/stage1 --data llava_v1_5_mix665k.json --image_folder images/ --output_dir out/stage2
+
+Runs unchanged under `torchrun` (DDP), `accelerate launch`, DeepSpeed (`--deepspeed configs/zero3.json`) and FSDP.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .. import auto  # noqa: F401  (registers the model types)
+from ..auto import MODEL_TYPES
+from .data import CompressedVLMDataCollator, load_training_dataset
+from .policies import STAGE_TRAINING_DEFAULTS, apply_stage, bf16_supported
+
+
+@dataclass
+class ModelArguments:
+    stage: int = field(metadata={"help": "1: train the compressor only; 2: compressor + LLM (vision always frozen)"})
+    model_type: str = field(default="tokenpacker", metadata={"help": f"one of {sorted(MODEL_TYPES)}"})
+    vision_tower: str | None = field(default=None, metadata={"help": "CLIP/SigLIP checkpoint (folder or hub id)"})
+    language_model: str | None = field(
+        default=None, metadata={"help": "causal LM checkpoint, or 'smollm2' for the packaged SmolLM2-135M"}
+    )
+    init_from: str | None = field(default=None, metadata={"help": "a save_pretrained VLM, e.g. a stage-1 output"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": 'JSON of method config fields, e.g. \'{"scale_factor": 3}\''}
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2"})
+
+
+@dataclass
+class DataArguments:
+    data: str = field(metadata={"help": "LLaVA JSON file, or a `datasets` name/folder"})
+    image_folder: str | None = field(default=None, metadata={"help": "root of relative image paths"})
+    template: str | None = field(default=None, metadata={"help": "plain or vicuna_v1 (default: by stage)"})
+    image_column: str = "image"
+    conversation_column: str = "conversations"
+    streaming: bool = field(default=False, metadata={"help": "stream the dataset (then --max_steps is required)"})
+    on_error: str = field(default="raise", metadata={"help": "bad samples: 'raise' (stop the run) or 'skip'"})
+    model_max_length: int | None = field(default=None, metadata={"help": "default: the tokenizer's"})
+
+
+def with_stage_defaults(argv: list[str]) -> list[str]:
+    """Add the originals' per-stage optimiser settings (and our Trainer needs) unless the user gave them."""
+    stage_flag = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--stage"), None)
+    stage_flag = stage_flag or next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--stage=")), None)
+    defaults = dict(STAGE_TRAINING_DEFAULTS.get(int(stage_flag), {})) if stage_flag else {}
+    defaults.update({"remove_unused_columns": False, "report_to": "none", "gradient_checkpointing": True})
+    if bf16_supported():
+        defaults["bf16"] = True
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    extra = [item for key, value in defaults.items() if f"--{key}" not in given for item in (f"--{key}", str(value))]
+    return argv + extra
+
+
+def build_model(model_args: ModelArguments):
+    """(model, processor): from a saved VLM, or composed from a tower and an LLM with a fresh compressor."""
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    if model_args.init_from:
+        if overrides:
+            raise ValueError("--config_overrides only applies when composing a new model, not with --init_from.")
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_args.init_from, attn_implementation=model_args.attn_implementation
+        )
+        return model, AutoProcessor.from_pretrained(model_args.init_from)
+    if not (model_args.vision_tower and model_args.language_model):
+        raise ValueError("Give --init_from, or both --vision_tower and --language_model.")
+    from ..building import compose_vlm, load_language_model, load_vision_tower
+
+    language_model, tokenizer = load_language_model(model_args.language_model)
+    return compose_vlm(
+        model_args.model_type,
+        load_vision_tower(model_args.vision_tower),
+        language_model,
+        tokenizer,
+        attn_implementation=model_args.attn_implementation,
+        **overrides,
+    )
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> Trainer:
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise FileNotFoundError(f"No checkpoint-* folder to resume from in {training_args.output_dir}.")
+    output = Path(training_args.output_dir)
+    if resume is None and output.is_dir() and any(output.iterdir()):
+        raise FileExistsError(
+            f"{output} is not empty: resume with --resume_from_checkpoint last, or choose a new --output_dir."
+        )
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        # Non-reentrant checkpointing needs no input gradients, so frozen embeddings (stage 1) work as is.
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+
+    model, processor = build_model(model_args)
+    apply_stage(model, model_args.stage)
+    dataset = load_training_dataset(
+        data_args.data, data_args.image_column, data_args.conversation_column, streaming=data_args.streaming
+    )
+    collator = CompressedVLMDataCollator(
+        processor,
+        template=data_args.template or ("plain" if model_args.stage == 1 else "vicuna_v1"),
+        model_max_length=data_args.model_max_length,
+        image_folder=data_args.image_folder,
+        on_error=data_args.on_error,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+        with_stage_defaults(list(sys.argv[1:] if argv is None else argv))
+    )
+    return train(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()
