@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-compat lint bench
 
 install: $(STAMP)
 
@@ -24,6 +24,22 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The transformers 4.57 compatibility suite, in its own venv (created once, like .venv). Its cross-version tests
+# run the other venv's interpreter, so both venvs must exist.
+COMPAT_VENV := .venv-compat
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+$(COMPAT_STAMP): pyproject.toml
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q --upgrade pip
+	$(COMPAT_PY) -m pip install -q torch==2.13.0
+	$(COMPAT_PY) -m pip install -q -e . transformers==4.57.6 "pytest>=8"
+	touch $(COMPAT_STAMP)
+
+test-compat: install $(COMPAT_STAMP)
+	$(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/compat
 
 lint: install
 	$(VENV)/bin/ruff check visual_token_compression tests conversion_scripts

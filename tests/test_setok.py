@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conversion_scripts.convert_setok_original_to_hf import convert_state_dict
 from visual_token_compression import SeTokConfig
+from visual_token_compression.conversion.setok import convert_state_dict
 from visual_token_compression.modeling.setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
 from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
 

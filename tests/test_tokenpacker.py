@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from conversion_scripts.convert_tokenpacker_original_to_hf import convert_state_dict
 from tests.fixtures import fixtures_root
 from visual_token_compression import TokenPackerConfig
+from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
 from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.tiny import tiny_text_config, tiny_vision_config

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conversion_scripts.convert_voco_llama_original_to_hf import convert_state_dict
 from visual_token_compression import (
     VoCoLlamaConfig,
     VoCoLlamaForConditionalGeneration,
     VoCoLlamaProcessor,
 )
+from visual_token_compression.conversion.voco_llama import convert_state_dict
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import sealing_positions, voco_attention_mask
 from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config

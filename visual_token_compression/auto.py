@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from .compat import register_v5_names
 from .configuration import CompressedVLMConfig, TokenPackerConfig
 from .configuration.quecc import QueCCConfig
 from .configuration.setok import SeTokConfig
@@ -71,6 +72,7 @@ def register_all() -> None:
     transformers.AutoImageProcessor.register(
         TokenPackerConfig, slow_image_processor_class=TokenPackerImageProcessor, exist_ok=True
     )
+    register_v5_names()
 
 
 register_all()

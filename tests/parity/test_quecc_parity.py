@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from conversion_scripts.convert_quecc_original_to_hf import convert_state_dict
 from tests.fixtures import case_names, fixtures_root, load_case
 from visual_token_compression import QueCCConfig
+from visual_token_compression.conversion.quecc import convert_state_dict
 from visual_token_compression.modeling.layers import GeluMLP
 from visual_token_compression.modeling.quecc import QueCCCompressor
 from visual_token_compression.modeling.vision import VisionFeatures, select_vision_features

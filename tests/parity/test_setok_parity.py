@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conversion_scripts.convert_setok_original_to_hf import convert_state_dict
 from tests.fixtures import case_names, load_case
 from visual_token_compression import SeTokConfig
+from visual_token_compression.conversion.setok import convert_state_dict
 from visual_token_compression.modeling.setok import SeTokCompressor
 from visual_token_compression.modeling.setok_clustering import sincos_position_encoding_2d
 from visual_token_compression.modeling.vision import VisionFeatures

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conversion_scripts.convert_tokenpacker_original_to_hf import convert_state_dict
 from tests.fixtures import case_names, load_case
 from visual_token_compression import CompressedVLMConfig, TokenPackerConfig
+from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
 from visual_token_compression.modeling.vision import VisionFeatures, select_vision_features
 from visual_token_compression.tiny import tiny_text_config

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from conversion_scripts.convert_voco_llama_original_to_hf import convert_state_dict
 from tests.fixtures import case_names, load_case
 from visual_token_compression import VoCoLlamaConfig, VoCoLlamaForConditionalGeneration
+from visual_token_compression.conversion.voco_llama import convert_state_dict
 from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import voco_attention_mask

@@ -14,7 +14,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
-from ..compat import TIED_LM_HEAD, TRANSFORMERS_V5
+from ..compat import TIED_LM_HEAD, TRANSFORMERS_V5, flat_vision_tower_key_mapping
 from ..configuration.base import CompressedVLMConfig
 from .vision import select_vision_features
 
@@ -46,6 +46,13 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    if not TRANSFORMERS_V5:
+
+        def _get_key_renaming_mapping(self, checkpoint_keys, key_mapping=None, *args, **kwargs):
+            """4.57 only: also read checkpoints written by 5.x (flat CLIP/SigLIP tower keys), see `compat`."""
+            key_mapping = {**flat_vision_tower_key_mapping(self), **(key_mapping or {})}
+            return super()._get_key_renaming_mapping(checkpoint_keys, key_mapping or None, *args, **kwargs)
 
 
 class CompressedVLMModel(CompressedVLMPreTrainedModel):
@@ -83,6 +90,21 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             multi_level_feature_layers=self.config.multi_level_feature_layers,
         )
         return self.compressor(features, **compressor_inputs)
+
+    def blank_image_inputs(self) -> dict:
+        """`get_image_features` arguments for one blank view (see `anchor_image_path`)."""
+        size = self.config.vision_config.image_size
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        return {
+            "pixel_values": torch.zeros(1, channels, size, size, dtype=self.vision_tower.dtype, device=self.device)
+        }
+
+    def anchor_image_path(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Text-only training batches still run the vision path (on one blank view, added with weight zero), as
+        LLaVA does: under ZeRO-3/FSDP every rank must gather the same parameters or the step hangs, and DDP
+        must see the compressor used."""
+        features = self.get_image_features(**self.blank_image_inputs())
+        return inputs_embeds + 0.0 * features.sum().to(inputs_embeds.dtype)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Where the image placeholders are, (batch, seq) bool."""
@@ -139,6 +161,8 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
                 raise ValueError(
                     f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
                 )
+        if pixel_values is None and self.training and torch.is_grad_enabled():
+            inputs_embeds = self.anchor_image_path(inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,

@@ -113,6 +113,15 @@ class QueCCModel(CompressedVLMModel):
         embeds[has_tokens] = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].to(embeds.dtype)
         return embeds
 
+    def blank_image_inputs(self) -> dict:
+        """A blank view with an empty question (a query row without tokens gives the zero vector)."""
+        query_input_ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        return {
+            **super().blank_image_inputs(),
+            "query_input_ids": query_input_ids,
+            "query_attention_mask": torch.zeros_like(query_input_ids),
+        }
+
     def get_image_features(
         self,
         pixel_values: torch.Tensor,

@@ -253,6 +253,8 @@ class SeTokModel(CompressedVLMModel):
                 )
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
+        if pixel_values is None and self.training and torch.is_grad_enabled():
+            inputs_embeds = self.anchor_image_path(inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,

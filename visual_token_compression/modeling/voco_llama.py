@@ -163,6 +163,8 @@ class VoCoLlamaModel(CompressedVLMModel):
         )
         if position_ids is None:
             position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
+        if pixel_values is None and self.training and torch.is_grad_enabled():
+            inputs_embeds = self.anchor_image_path(inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=mask,

@@ -46,7 +46,11 @@ def load_training_dataset(
     columns = data.column_names or []
     if conversation_column not in columns:
         raise ValueError(f"The dataset has no {conversation_column!r} column; its columns are {columns}.")
-    renames = {old: new for old, new in ((image_column, "image"), (conversation_column, "conversations")) if old in columns and old != new}
+    renames = {
+        old: new
+        for old, new in ((image_column, "image"), (conversation_column, "conversations"))
+        if old in columns and old != new
+    }
     if renames:
         data = data.rename_columns(renames)
     return data.map(lambda _, index: {INDEX_COLUMN: index}, with_indices=True)
@@ -108,7 +112,9 @@ class CompressedVLMDataCollator:
         """One sample through the method's own processor, plus labels from the template's supervised spans."""
         processor = self.processor
         image = self._image(record)
-        segments = TEMPLATES[self.template](record["conversations"], processor.image_token, processor.tokenizer.eos_token)
+        segments = TEMPLATES[self.template](
+            record["conversations"], processor.image_token, processor.tokenizer.eos_token
+        )
         texts = [text for text, _ in segments]
         placeholders = sum(text.count(processor.image_token) for text in texts)
         if placeholders != (image is not None):
@@ -126,10 +132,11 @@ class CompressedVLMDataCollator:
             cursor += len(text)
 
         max_length = self.model_max_length or processor.tokenizer.model_max_length
+        # Tokenizers without a limit report a huge sentinel (int(1e30)) as model_max_length.
+        truncation = {"truncation": True, "max_length": max_length} if max_length < 1e9 else {}
         try:
             features = processor(
-                images=image, text="".join(texts), return_tensors="pt", return_offsets_mapping=True,
-                truncation=True, max_length=max_length,
+                images=image, text="".join(texts), return_tensors="pt", return_offsets_mapping=True, **truncation
             )
         except ValueError as error:
             raise SampleError(f"{self._describe(record)}: {error}") from error
@@ -147,7 +154,13 @@ class CompressedVLMDataCollator:
         for key in dict.fromkeys(key for sample in samples for key in sample):
             tensors = [sample[key] for sample in samples if key in sample]
             if key.endswith("input_ids") or key.endswith("attention_mask") or key == "labels":
-                value = IGNORE_INDEX if key == "labels" else 0 if key.endswith("attention_mask") else tokenizer.pad_token_id
+                value = (
+                    IGNORE_INDEX
+                    if key == "labels"
+                    else 0
+                    if key.endswith("attention_mask")
+                    else tokenizer.pad_token_id
+                )
                 length = max(tensor.shape[-1] for tensor in tensors)
                 padded = []
                 for tensor in tensors:

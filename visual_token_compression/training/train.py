@@ -15,7 +15,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import auto  # noqa: F401  (registers the model types)
@@ -34,7 +41,7 @@ class ModelArguments:
     )
     init_from: str | None = field(default=None, metadata={"help": "a save_pretrained VLM, e.g. a stage-1 output"})
     config_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON of method config fields, e.g. \'{"scale_factor": 3}\''}
+        default=None, metadata={"help": "JSON of method config fields, e.g. '{\"scale_factor\": 3}'"}
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2"})
 
@@ -42,6 +49,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data: str = field(metadata={"help": "LLaVA JSON file, or a `datasets` name/folder"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out data for eval loss (same formats)"})
     image_folder: str | None = field(default=None, metadata={"help": "root of relative image paths"})
     template: str | None = field(default=None, metadata={"help": "plain or vicuna_v1 (default: by stage)"})
     image_column: str = "image"
@@ -104,6 +112,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         # Non-reentrant checkpointing needs no input gradients, so frozen embeddings (stage 1) work as is.
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
+    set_seed(training_args.seed)  # the fresh compressor's init, before Trainer seeds the run itself
     model, processor = build_model(model_args)
     apply_stage(model, model_args.stage)
     dataset = load_training_dataset(
@@ -116,7 +125,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         image_folder=data_args.image_folder,
         on_error=data_args.on_error,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    eval_dataset = None
+    if data_args.eval_data:
+        eval_dataset = load_training_dataset(
+            data_args.eval_data, data_args.image_column, data_args.conversation_column
+        )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset, data_collator=collator
+    )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if trainer.is_world_process_zero():

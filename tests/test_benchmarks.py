@@ -1,0 +1,162 @@
+"""The benchmark's arithmetic: FLOPs formulas against a hand count and the FLOP counter, KV bytes against the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionModel, LlamaForCausalLM
+
+from visual_token_compression.benchmarks import flops
+from visual_token_compression.benchmarks.measure import cache_bytes, counted_flops
+from visual_token_compression.benchmarks.presets import PRESETS
+from visual_token_compression.benchmarks.report import markdown_table, plot_speedups, write_json
+from visual_token_compression.benchmarks.runner import Benchmark, variants
+from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
+
+QUESTION = "<image>\nwhat is in the picture?"
+IMAGE = Image.new("RGB", (32, 32), "gray")
+
+
+def test_clip_flops_hand_count():
+    # 32x32 image, 4x4 patches: 64 patches + CLS = 65 tokens, width 32, MLP 64, 4 heads, 4 layers.
+    embedding = 2 * 64 * (3 * 4 * 4) * 32
+    projections = 4 * 2 * 65 * 32 * 32  # q, k, v, out
+    attention = 2 * 2 * 65 * 65 * 32  # scores and weighted values over all heads (4 x 8 = 32)
+    mlp = 2 * 2 * 65 * 32 * 64
+    assert flops.clip_vision_flops(tiny_vision_config()) == embedding + 4 * (projections + attention + mlp)
+    assert flops.clip_vision_flops(tiny_vision_config(), views=3) == 3 * flops.clip_vision_flops(tiny_vision_config())
+
+
+def test_llm_flops_hand_count():
+    # 2 layers, width 32, MLP 64, 4 query heads and 2 KV heads of 8, vocab 512; 10 new tokens after 5 cached.
+    q_and_out = 2 * (2 * 10 * 32 * 32)
+    k_and_v = 2 * (2 * 10 * 32 * 16)
+    attention = 2 * 2 * 10 * 15 * 32
+    gated_mlp = 3 * 2 * 10 * 32 * 64
+    head = 2 * 1 * 32 * 512
+    expected = 2 * (q_and_out + k_and_v + attention + gated_mlp) + head
+    assert flops.llm_flops(tiny_text_config(), 10, past_tokens=5) == expected
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_formulas_match_the_flop_counter_on_the_real_modules(attn_implementation):
+    vision_config, text_config = tiny_vision_config(), tiny_text_config()
+    vision_config._attn_implementation = text_config._attn_implementation = attn_implementation
+    tower, llm = CLIPVisionModel(vision_config).eval(), LlamaForCausalLM(text_config).eval()
+    ids = torch.randint(0, 500, (1, 11))
+    counted = counted_flops(lambda: llm(ids, logits_to_keep=1))["Global"]
+    assert counted == flops.llm_flops(text_config, 11)
+    pixels = torch.randn(2, 3, 32, 32)
+    counted = counted_flops(lambda: tower(pixels, output_hidden_states=True))["Global"]
+    assert counted == flops.clip_vision_flops(vision_config, views=2)
+
+
+@pytest.mark.parametrize(
+    "model_type, kwargs",
+    [("tokenpacker", {"scale_factor": 2}), ("tokenpacker", {"scale_factor": 4}), ("quecc", {}), ("voco_llama", {})],
+)
+def test_whole_prefill_flops_match_the_flop_counter(model_type, kwargs):
+    """Vision + compressor (+ QueCC's query pass) + LLM of a real prefill, counted op by op."""
+    model, processor = build_tiny(model_type, **kwargs)
+    inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
+    counts = counted_flops(lambda: model(**inputs, logits_to_keep=1))
+    config, seq_len = model.config, inputs["input_ids"].shape[1]
+    query_pass = 0
+    if model_type == "tokenpacker":
+        compressor = flops.tokenpacker_flops(config)
+    elif model_type == "quecc":
+        query_tokens = int(inputs["query_attention_mask"].sum())
+        compressor = flops.quecc_flops(config, query_tokens=query_tokens)
+        query_pass = flops.llm_flops(config.text_config, query_tokens, logits_tokens=0)
+    else:
+        compressor = flops.voco_llama_flops(config)
+    expected = (
+        flops.clip_vision_flops(config.vision_config) + compressor + flops.llm_flops(config.text_config, seq_len)
+    )
+    assert counts["Global"] == expected
+    counted_compressor = next(count for name, count in counts.items() if name.endswith("model.compressor"))
+    assert counted_compressor == compressor - query_pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_bytes_formula_matches_the_cache_tensors(dtype):
+    model, processor = build_tiny("tokenpacker")
+    model.to(dtype)
+    inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    with torch.inference_mode():
+        cache = model(**inputs, use_cache=True).past_key_values
+    by_hand = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    seq_len = inputs["input_ids"].shape[1]
+    assert cache_bytes(cache) == by_hand == flops.kv_cache_bytes(model.config.text_config, seq_len, dtype.itemsize)
+
+
+def test_voco_cache_holds_only_the_voco_tokens_and_the_text_after_them():
+    model, processor = build_tiny("voco_llama", num_voco_tokens=2)
+    text = "<image>\nabc"
+    inputs = processor(images=IMAGE, text=text, return_tensors="pt")
+    with torch.inference_mode():
+        cache = model(**inputs, use_cache=True).past_key_values
+    ids = inputs["input_ids"][0].tolist()
+    after_voco = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == model.config.voco_token_id)
+    kept = 2 + after_voco
+    assert cache_bytes(cache) == flops.kv_cache_bytes(model.config.text_config, kept, 4)
+
+
+def test_variants_skip_settings_the_grid_cannot_take():
+    rows, skipped = variants(PRESETS["tiny"])
+    labels = [row.label for row in rows]
+    assert labels[0] == "llava (64)"
+    assert "tokenpacker s=2" in labels and "tokenpacker s=3" not in labels
+    assert {"quecc 1", "quecc 4", "quecc 16", "quecc 64"} <= set(labels)
+    assert any("s=3" in note for note in skipped) and any("quecc 36" in note for note in skipped)
+    assert sum(row.cached_image for row in rows) == len(PRESETS["tiny"].voco_tokens)
+
+
+def test_benchmark_rows_and_reports(tmp_path):
+    preset = dataclasses.replace(
+        PRESETS["tiny"],
+        tokenpacker_scales=(2,),
+        hd_image_sizes=((32, 64),),
+        quecc_tokens=(4,),
+        voco_tokens=(1,),
+        setok_max_tokens=(16,),
+        repeats=1,
+        decode_repeats=1,
+        new_tokens=2,
+    )
+    benchmark = Benchmark(preset)
+    rows = benchmark.run(measure_memory=False, progress=False)
+    by_label = {row["label"]: row for row in rows}
+    base = by_label["llava (64)"]
+    assert base["prefill_speedup"] == base["ideal_speedup"] == 1.0
+    base_total = base["flops_vision"] + base["flops_compressor"] + base["flops_llm"]
+    for row in rows:
+        total = row["flops_vision"] + row["flops_compressor"] + row["flops_llm"]
+        assert row["ideal_speedup"] == pytest.approx(base_total / total)
+        assert row["ideal_speedup_llm"] == pytest.approx(base["flops_llm"] / row["flops_llm"])
+        assert row["efficiency"] == pytest.approx(row["prefill_speedup"] / row["ideal_speedup"])
+        tokens = row["kv_cache_bytes"] / flops.kv_cache_bytes(benchmark.text_config, 1, 4)
+        assert tokens == row["kv_cache_tokens"]
+    assert by_label["tokenpacker s=2"]["visual_tokens"] == 16
+    assert by_label["tokenpacker s=2"]["kv_cache_tokens"] == by_label["tokenpacker s=2"]["prefill_tokens"]
+    assert by_label["tokenpacker-hd 32x64"]["views"] == 3  # 1x2 tiles + the global view
+    cached = by_label["voco_llama k=1 cached image"]
+    assert cached["flops_vision"] == cached["flops_compressor"] == 0
+    assert cached["kv_cache_tokens"] == 1 + cached["prefill_tokens"]
+    assert by_label["voco_llama k=1"]["kv_cache_tokens"] == cached["kv_cache_tokens"]
+    setok = by_label["setok max=16"]
+    assert 1 <= setok["kept_image_tokens"] <= 16 and setok["flops_compressor"] > 0
+
+    write_json(rows, tmp_path / "rows.json")
+    loaded = json.loads((tmp_path / "rows.json").read_text())
+    for key in ("method", "visual_tokens", "prefill_speedup", "ideal_speedup", "kv_cache_bytes"):
+        assert all(key in row for row in loaded)
+    table = markdown_table(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| llava (64) |")
+    plot_speedups(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

@@ -1,0 +1,309 @@
+"""Hub folders: remote code that loads without this package, no pickles, and the rendered model card."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import pipeline
+from transformers.dynamic_module_utils import get_relative_import_files
+
+from visual_token_compression import MODEL_TYPES
+from visual_token_compression.hub import (
+    EXAMPLE_MESSAGES,
+    push_to_hub,
+    render_model_card,
+    save_for_hub,
+    visual_token_budget,
+)
+from visual_token_compression.remote_code import ENTRY_MODULE, bundle_sources
+from visual_token_compression.tiny import build_tiny
+
+# Every model type with its defaults, plus TokenPacker-HD (tokenpacker with tiling switched on).
+VARIANTS = [(name, {}) for name in sorted(MODEL_TYPES)] + [("tokenpacker", {"patch_num": 9})]
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".py", ".jinja", ".md", ".txt"}
+PROVENANCE = {"source": "https://github.com/example/original", "parity": "max |logits diff| 2e-6"}
+QUESTION = "What is in the picture?"
+
+
+def variant_id(variant) -> str:
+    return "-".join([variant[0], *map(str, variant[1].values())])
+
+
+def sample_image() -> Image.Image:
+    """Wider than tall, so TokenPacker-HD cuts it into several tiles."""
+    pixels = torch.randint(0, 256, (40, 70, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def messages_for(image=None) -> list[dict]:
+    image_item = {"type": "image"} if image is None else {"type": "image", "image": image}
+    return [{"role": "user", "content": [image_item, {"type": "text", "text": QUESTION}]}]
+
+
+@pytest.fixture(scope="module")
+def hub_folders(tmp_path_factory) -> dict[str, tuple]:
+    """Variant id -> (model, processor, folder) of a tiny model of each variant written by `save_for_hub`."""
+    folders = {}
+    for model_type, config_kwargs in VARIANTS:
+        model, processor = build_tiny(model_type, **config_kwargs)
+        name = variant_id((model_type, config_kwargs))
+        # A distinct folder name each: 4.57 names a local checkpoint's dynamic module after its folder alone.
+        folder = tmp_path_factory.mktemp(name) / f"checkpoint_{name.replace('-', '_')}"
+        save_for_hub(
+            model, processor, folder, repo_id=str(folder), base_models=["org/original"], provenance=PROVENANCE
+        )
+        folders[name] = model, processor, folder
+    return folders
+
+
+@pytest.fixture(params=[variant_id(variant) for variant in VARIANTS])
+def hub_folder(request, hub_folders):
+    return hub_folders[request.param]
+
+
+# The subprocess has no access to visual_token_compression: the editable install's finder sits in site-packages
+# (a .pth hook), so a meta-path blocker in front of it makes every import of the package fail. It loads every
+# variant's folder in turn (one interpreter start for all), with each Auto class, the pipeline and the card snippet.
+LOADER = """
+import json, sys
+
+class BlockPackage:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "visual_token_compression":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, BlockPackage())
+try:
+    import visual_token_compression  # noqa: F401
+    raise SystemExit("visual_token_compression is importable; the test would prove nothing")
+except ImportError:
+    pass
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+work, reports = sys.argv[1], {}
+image = Image.open(work + "/image.png")
+messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+for name, folder in json.loads(sys.argv[2]).items():
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        hidden = base(**inputs).last_hidden_state
+    save_file({"logits": logits, "hidden": hidden, "input_ids": inputs["input_ids"]}, f"{work}/{name}.safetensors")
+    generator = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+    answer = generator(text=messages, max_new_tokens=3, generate_kwargs={"do_sample": False})
+
+    readme = open(folder + "/README.md", encoding="utf-8").read()
+    exec(readme.split("```python\\n")[1].split("\\n```")[0], {})  # the card's usage snippet, as a user runs it
+
+    reports[name] = {
+        "classes": {role: type(obj).__module__ + "." + type(obj).__name__ for role, obj in [
+            ("config", config), ("processor", processor), ("image_processor", processor.image_processor),
+            ("model", model), ("base", base), ("pipeline_model", generator.model)]},
+        "pipeline": answer[0]["generated_text"][-1]["content"],
+        "package_modules": sorted(name for name in sys.modules if name.startswith("visual_token_compression")),
+    }
+print(json.dumps(reports))
+""".replace("QUESTION", repr(QUESTION))
+
+
+@pytest.fixture(scope="module")
+def remote_reports(hub_folders, tmp_path_factory) -> tuple[Path, dict]:
+    """Runs LOADER over every variant's folder in a fresh interpreter; (its output folder, its reports)."""
+    work = tmp_path_factory.mktemp("remote")
+    sample_image().save(work / "image.png")
+    (work / "load.py").write_text(LOADER)
+    folders = {name: str(folder) for name, (_, _, folder) in hub_folders.items()}
+    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_MODULES_CACHE", None)
+    # -I: no current directory or PYTHONPATH on sys.path, so the repository checkout is not importable either.
+    result = subprocess.run(
+        [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", [variant_id(variant) for variant in VARIANTS])
+def test_remote_code_loads_without_the_package(name, hub_folders, remote_reports):
+    model, processor, _ = hub_folders[name]
+    work, reports = remote_reports
+    report = reports[name]
+    image = sample_image()
+    inputs = processor(
+        images=image,
+        text=processor.apply_chat_template(messages_for(), add_generation_prompt=True, tokenize=False),
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        hidden = model.model(**inputs).last_hidden_state
+    expected_answer = pipeline("image-text-to-text", model=model, processor=processor)(
+        text=messages_for(image), max_new_tokens=3, generate_kwargs={"do_sample": False}
+    )[0]["generated_text"][-1]["content"]
+
+    assert report["package_modules"] == []
+    expected_classes = {
+        "config": type(model.config),
+        "processor": type(processor),
+        "model": type(model),
+        "base": MODEL_TYPES[model.config.model_type].model_class,
+        "pipeline_model": type(model),
+        "image_processor": type(processor.image_processor),
+    }
+    for role, cls in expected_classes.items():
+        loaded = report["classes"][role]
+        assert loaded.endswith("." + cls.__name__), (role, loaded)
+        if cls.__module__.startswith("visual_token_compression"):
+            assert loaded.startswith("transformers_modules."), (role, loaded)  # the bundled copy, not ours
+    remote = load_file(work / f"{name}.safetensors")
+    torch.testing.assert_close(remote["input_ids"], inputs["input_ids"], rtol=0, atol=0)
+    torch.testing.assert_close(remote["logits"], logits)
+    torch.testing.assert_close(remote["hidden"], hidden)
+    assert report["pipeline"] == expected_answer
+
+
+def test_folder_holds_no_pickles_and_self_contained_code(hub_folder):
+    model, processor, folder = hub_folder
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert {path.suffix for path in files} <= ALLOWED_SUFFIXES, sorted(path.name for path in files)
+    assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
+
+    # transformers' own resolver must reach every bundled file from the entry module, and nothing outside.
+    code_files = {path.name for path in folder.glob("*.py")}
+    reached = {Path(name).name for name in get_relative_import_files(folder / f"{ENTRY_MODULE}.py")}
+    assert reached | {f"{ENTRY_MODULE}.py"} == code_files
+    for path in folder.glob("*.py"):
+        assert "from .." not in path.read_text() and "visual_token_compression import" not in path.read_text()
+
+    entry_tree = ast.parse((folder / f"{ENTRY_MODULE}.py").read_text())
+    entry_names = {alias.name for node in entry_tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoProcessor"} <= set(auto_map)
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    maps = [auto_map, processor_config["auto_map"]]
+    if isinstance(processor_config.get("image_processor"), dict) and "auto_map" in processor_config["image_processor"]:
+        maps.append(processor_config["image_processor"]["auto_map"])
+    for mapping in maps:
+        for reference in mapping.values():
+            module, _, class_name = reference.partition(".")
+            assert module == ENTRY_MODULE and class_name in entry_names, reference
+
+
+def test_bundle_rejects_classes_outside_the_package():
+    with pytest.raises(ValueError, match="outside visual_token_compression"):
+        bundle_sources([torch.nn.Linear])
+
+
+def test_save_for_hub_refuses_a_non_empty_folder_and_foreign_models(tmp_path):
+    model, processor = build_tiny("tokenpacker")
+    (tmp_path / "training_args.bin").write_bytes(b"stale")
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_for_hub(model, processor, tmp_path)
+    foreign = SimpleNamespace(config=SimpleNamespace(model_type="llava"))
+    with pytest.raises(ValueError, match="'llava' is not one of this package's"):
+        save_for_hub(foreign, processor, tmp_path / "new")
+    with pytest.raises(ValueError, match="either card or"):
+        save_for_hub(model, processor, tmp_path / "new", card=ModelCard("x"), license="mit")
+
+
+def test_model_card_metadata_and_sections(hub_folder):
+    model, processor, folder = hub_folder
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-text-to-text"
+    assert data["base_model"] == ["org/original"]
+    assert data["license"] == "apache-2.0"
+    assert {"llava", "token-compression", model.config.model_type} <= set(data["tags"])
+
+    budget = visual_token_budget(model.config)
+    text = card.text
+    assert f"| tokens per image in the LLM | {budget['tokens_per_image']} |" in text
+    assert f"| compression ratio | {budget['compression_ratio']} |" in text
+    assert f'repo = "{folder}"' in text and "trust_remote_code=True" in text
+    prompt = processor.apply_chat_template(EXAMPLE_MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert f"```text\n{prompt}\n```" in text
+    assert "| source | https://github.com/example/original |" in text
+    assert "| parity | max \\|logits diff\\| 2e-6 |" in text  # a '|' in a value must not split the table
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config_kwargs", "tokens", "ratio"),
+    [
+        # Tiny towers: 32 px images, patch 4 -> 64 patches per view.
+        ("tokenpacker", {}, "16", "4x (64 -> 16)"),
+        ("tokenpacker", {"scale_factor": 4}, "4", "16x (64 -> 4)"),
+        ("tokenpacker", {"patch_num": 9}, "16 per view plus one separator; 17 to 170 per image", "4x per view"),
+        ("voco_llama", {"num_voco_tokens": 2}, "64 image tokens enter the LLM; 2 VoCo tokens", "32x (64 -> 2 cached"),
+        ("setok", {"max_image_tokens": 8}, "dynamic, at most 8", "at least 8x (64 -> <= 8)"),
+        ("quecc", {"kernel_size": 2, "stride": 2}, "16", "4x (64 -> 16)"),
+    ],
+)
+def test_token_budget_comes_from_the_config(model_type, config_kwargs, tokens, ratio):
+    config = build_tiny(model_type, **config_kwargs)[0].config
+    budget = visual_token_budget(config)
+    assert budget["tokens_per_image"].startswith(tokens)
+    assert budget["compression_ratio"].startswith(ratio)
+
+
+def test_card_without_provenance_says_so():
+    model, processor = build_tiny("tokenpacker")
+    card = render_model_card(model, processor, repo_id="org/tiny-tokenpacker")
+    assert "Not converted from an original checkpoint" in card.text
+    assert "base_model" not in card.data.to_dict()
+    assert 'repo = "org/tiny-tokenpacker"' in card.text
+
+
+class RecordingApi:
+    """Stands in for HfApi: records the calls and what the uploaded folder held at upload time."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(path.name for path in Path(folder_path).iterdir())
+        readme = (Path(folder_path) / "README.md").read_text()
+        self.calls.append(("upload_folder", repo_id, {**kwargs, "files": files, "readme": readme}))
+        return "commit-info"
+
+
+def test_push_to_hub_uploads_a_save_for_hub_folder():
+    model, processor = build_tiny("tokenpacker")
+    api = RecordingApi()
+    result = push_to_hub(model, processor, "org/tiny", private=True, api=api, provenance={"source": "unit test"})
+    assert result == "commit-info"
+    (create, repo_id, create_kwargs), (upload, upload_repo, upload_kwargs) = api.calls
+    assert (create, repo_id, upload, upload_repo) == ("create_repo", "org/tiny", "upload_folder", "org/tiny")
+    assert create_kwargs["private"] is True and create_kwargs["exist_ok"] is True
+    assert {"model.safetensors", "config.json", "processor_config.json", f"{ENTRY_MODULE}.py", "README.md"} <= set(
+        upload_kwargs["files"]
+    )
+    assert 'repo = "org/tiny"' in upload_kwargs["readme"] and "| source | unit test |" in upload_kwargs["readme"]

@@ -1,0 +1,5 @@
+import sys
+
+from .cli import bench_cli
+
+sys.exit(bench_cli())

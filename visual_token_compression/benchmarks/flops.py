@@ -1,0 +1,139 @@
+"""Analytic FLOPs of one prefill: vision tower, compressor and LLM, counted as 2 FLOPs per multiply-accumulate.
+
+Only matrix products are counted (linear layers, convolutions, attention scores and attention-weighted values), the
+convention of `torch.utils.flop_counter`; norms, activations, softmax and gathers are left out. Attention is counted
+over the full (query x key) rectangle, as the kernels given an explicit mask compute it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PrefillFlops:
+    """FLOPs of one prefill, split by the three parts every row of the benchmark has."""
+
+    vision: int
+    compressor: int
+    llm: int
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.compressor + self.llm
+
+
+def linear(tokens: int, in_features: int, out_features: int) -> int:
+    return 2 * tokens * in_features * out_features
+
+
+def attention(queries: int, keys: int, heads: int, head_dim: int) -> int:
+    """Scores (q . k) and weighted values (p . v) of one multi-head attention."""
+    return 2 * 2 * queries * keys * heads * head_dim
+
+
+def clip_vision_flops(vision_config, views: int = 1) -> int:
+    """A CLIP vision tower over `views` images: patch embedding + every encoder layer (the VLMs read hidden states,
+    so all layers run), CLS token included."""
+    if vision_config.model_type != "clip_vision_model":
+        raise ValueError(f"Analytic vision FLOPs know CLIP towers only, got {vision_config.model_type!r}.")
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    tokens = patches + 1
+    width, mlp = vision_config.hidden_size, vision_config.intermediate_size
+    heads = vision_config.num_attention_heads
+    embedding = linear(patches, vision_config.num_channels * vision_config.patch_size**2, width)
+    layer = (
+        4 * linear(tokens, width, width)
+        + attention(tokens, tokens, heads, width // heads)
+        + linear(tokens, width, mlp)
+        + linear(tokens, mlp, width)
+    )
+    return views * (embedding + vision_config.num_hidden_layers * layer)
+
+
+def llm_flops(text_config, new_tokens: int, past_tokens: int = 0, logits_tokens: int = 1) -> int:
+    """A Llama-style decoder (q/k/v/o projections, gated MLP) over `new_tokens` attending to `past_tokens` + itself,
+    plus the LM head on `logits_tokens` positions (1 at prefill with `logits_to_keep=1`)."""
+    width, mlp = text_config.hidden_size, text_config.intermediate_size
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or width // heads
+    layer = (
+        linear(new_tokens, width, heads * head_dim)
+        + 2 * linear(new_tokens, width, kv_heads * head_dim)
+        + linear(new_tokens, heads * head_dim, width)
+        + attention(new_tokens, past_tokens + new_tokens, heads, head_dim)
+        + 3 * linear(new_tokens, width, mlp)
+    )
+    return text_config.num_hidden_layers * layer + linear(logits_tokens, width, text_config.vocab_size)
+
+
+def mlp2x_flops(tokens: int, in_features: int, width: int) -> int:
+    """LLaVA-1.5's `mlp2x_gelu` projector (also LlavaMultiModalProjector): in -> width -> width."""
+    return linear(tokens, in_features, width) + linear(tokens, width, width)
+
+
+def llava_projector_flops(config, views: int = 1) -> int:
+    """transformers' `LlavaMultiModalProjector` on every patch of every view."""
+    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    return views * mlp2x_flops(patches, config.vision_config.hidden_size, config.text_config.hidden_size)
+
+
+def _window_attention_flops(patches: int, queries: int, window: int, width: int, heads: int) -> int:
+    """`LocalCrossAttention`: q projection on the queries, k/v on every patch, each query sees `window` keys."""
+    return (
+        2 * linear(queries, width, width)
+        + 2 * linear(patches, width, width)
+        + attention(queries, window, heads, width // heads)
+    )
+
+
+def tokenpacker_flops(config, views: int = 1) -> int:
+    """`TokenPackerCompressor` per view: k/v MLPs on the multi-level patches, query projection of the resized grid,
+    region attention (s^2 keys per query) and the output MLP to the LLM width."""
+    patches = config.vision_grid_size**2
+    queries = config.compressed_grid_size**2
+    vision_width = config.vision_config.hidden_size
+    multi_width = vision_width * len(config.multi_level_feature_layers)
+    width = config.compressor_hidden_size
+    per_view = (
+        2 * mlp2x_flops(patches, multi_width, width)
+        + linear(queries, vision_width, width)
+        + _window_attention_flops(patches, queries, config.scale_factor**2, width, config.compressor_num_heads)
+        + mlp2x_flops(queries, width, config.text_config.hidden_size)
+    )
+    return views * per_view
+
+
+def quecc_flops(config, query_tokens: int, views: int = 1) -> int:
+    """`QueCCCompressor` per view plus the query pass: the LLM over the question (no LM head) for its vector.
+
+    The query pass is counted here because it exists only for the compressor."""
+    patches = config.vision_grid_size**2
+    queries = config.compressed_grid_size**2
+    width = config.vision_config.hidden_size
+    multi_width = width * len(config.multi_level_feature_layers)
+    text_width = config.text_config.hidden_size
+    per_view = (
+        linear(1, text_width, width)
+        + mlp2x_flops(patches, width, width)
+        + 2 * queries * width * config.kernel_size**2
+        + 2 * mlp2x_flops(patches, multi_width, width)
+        + _window_attention_flops(patches, queries, config.attention_window**2, width, config.compressor_num_heads)
+        + mlp2x_flops(queries, width, text_width)
+    )
+    query_pass = llm_flops(config.text_config, query_tokens, logits_tokens=0)
+    return views * (per_view + query_pass)
+
+
+def voco_llama_flops(config, views: int = 1) -> int:
+    """VoCo-LLaMA's projector is LLaVA-1.5's: every patch to the LLM width; the LLM does the compressing."""
+    return llava_projector_flops(config, views)
+
+
+def kv_cache_bytes(text_config, tokens: int, bytes_per_element: int, batch: int = 1) -> int:
+    """Keys and values of every layer for `tokens` cached positions."""
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return 2 * text_config.num_hidden_layers * batch * kv_heads * head_dim * tokens * bytes_per_element

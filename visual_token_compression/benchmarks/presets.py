@@ -1,0 +1,119 @@
+"""Benchmark geometries: one vision tower and one LLM shape, shared by the baseline and every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import CONFIG_MAPPING
+
+from ..configuration.base import DEFAULT_VISION_CONFIG
+from ..tiny import tiny_text_config, tiny_vision_config
+
+# ViT-B/16 at 384 px: the 24 x 24 = 576-patch grid of CLIP-L/14-336 (so every method's settings apply unchanged)
+# at a third of its FLOPs, so that the `small` preset runs on a 2-core CPU within `make bench`'s 15 minutes.
+SMALL_VISION = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 384,
+    "patch_size": 16,
+}
+# SmolLM2-135M's shape: a ~135M-parameter Llama that runs a CLIP-L/14-336 prefill on a laptop CPU in seconds.
+SMALL_LLM = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": False,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What to build and how often to measure it.
+
+    `quecc_tokens` / `tokenpacker_scales` list the issue's settings; a setting the grid cannot take (e.g. s=3 on an
+    8x8 grid) is skipped and reported by `variants`. `hd_image_sizes` are (height, width) of the HD rows' images.
+    `setok_max_tokens` are SeTok's `max_image_tokens`: the LLM always processes that many positions.
+    `method_kwargs` holds config overrides per model type that every row of that type gets (the tiny widths).
+    """
+
+    name: str
+    vision: dict
+    text_model_type: str
+    text: dict
+    text_tokens: int
+    tokenpacker_scales: tuple[int, ...] = (2, 3, 4)
+    hd_patch_num: int = 9
+    hd_image_sizes: tuple[tuple[int, int], ...] = ()
+    quecc_tokens: tuple[int, ...] = (1, 4, 16, 36, 64, 144)
+    voco_tokens: tuple[int, ...] = (1, 2)
+    setok_max_tokens: tuple[int, ...] = ()
+    method_kwargs: dict = field(default_factory=dict)
+    repeats: int = 5
+    decode_repeats: int = 2
+    new_tokens: int = 16
+
+    def vision_config(self):
+        values = dict(self.vision)
+        return CONFIG_MAPPING[values.pop("model_type")](**values)
+
+    def text_config(self):
+        return CONFIG_MAPPING[self.text_model_type](**self.text)
+
+
+def _tiny() -> Preset:
+    from ..auto import MODEL_TYPES
+
+    vision = tiny_vision_config().to_dict()
+    text = tiny_text_config().to_dict()
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
+    text_keys = keys[:4] + ("num_key_value_heads", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
+    tile = vision["image_size"]
+    return Preset(
+        name="tiny",
+        vision={"model_type": "clip_vision_model", **{k: vision[k] for k in keys}},
+        text_model_type="llama",
+        text={k: text[k] for k in text_keys},
+        text_tokens=16,
+        hd_image_sizes=((tile, 2 * tile), (2 * tile, 2 * tile)),
+        setok_max_tokens=(16,),
+        method_kwargs={name: entry.tiny_config_kwargs for name, entry in MODEL_TYPES.items()},
+        repeats=3,
+        decode_repeats=1,
+        new_tokens=4,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": _tiny(),
+    "small": Preset(
+        name="small",
+        vision=SMALL_VISION,
+        text_model_type="llama",
+        text=SMALL_LLM,
+        text_tokens=64,
+        hd_image_sizes=((384, 768),),
+        setok_max_tokens=(144,),
+        repeats=3,
+        decode_repeats=1,
+        new_tokens=8,
+    ),
+    # Vicuna-7B (transformers' LlamaConfig defaults) behind CLIP-L/14-336: the released checkpoints' geometry.
+    "llava-7b": Preset(
+        name="llava-7b",
+        vision=DEFAULT_VISION_CONFIG,
+        text_model_type="llama",
+        text={},
+        text_tokens=64,
+        hd_image_sizes=((336, 672), (672, 672), (1008, 1008)),
+        setok_max_tokens=(64, 144),
+        repeats=10,
+        decode_repeats=3,
+        new_tokens=32,
+    ),
+}

@@ -1,0 +1,376 @@
+"""Build the baseline and every method on one shared vision tower and LLM, then measure them interleaved.
+
+All models hold the *same* tower, LLM and LM-head modules (the baseline's, randomly initialised), so rows differ
+only by their compressor and their token layout. Timings are taken round-robin over the rows, each round in a
+rotated order, so that drift of a shared machine hits every row alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from ..auto import MODEL_TYPES
+from ..processing.base import build_image_processor
+from ..tiny import byte_tokenizer
+from . import flops
+from .measure import PartTimer, TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
+from .presets import Preset
+
+BASELINE = "llava"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: a method, its setting, and the image it is fed. `cached_image`: VoCo's per-query cost, the image
+    compressed beforehand into a cache that the timed prefill reuses."""
+
+    label: str
+    method: str
+    model_type: str | None = None
+    config_kwargs: dict = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    cached_image: bool = False
+
+
+def variants(preset: Preset) -> tuple[list[Variant], list[str]]:
+    """Every row of a preset, and a note for each requested setting the vision grid cannot take."""
+    vision = preset.vision_config()
+    grid = vision.image_size // vision.patch_size
+    rows = [Variant(f"llava ({grid * grid})", BASELINE)]
+    skipped = []
+    for scale in preset.tokenpacker_scales:
+        if grid % scale:
+            skipped.append(f"tokenpacker s={scale}: does not divide the {grid}x{grid} grid")
+            continue
+        rows.append(Variant(f"tokenpacker s={scale}", "tokenpacker", "tokenpacker", {"scale_factor": scale}))
+    for height, width in preset.hd_image_sizes:
+        rows.append(
+            Variant(
+                f"tokenpacker-hd {height}x{width}",
+                "tokenpacker_hd",
+                "tokenpacker",
+                {"scale_factor": 2, "patch_num": preset.hd_patch_num},
+                image_size=(height, width),
+            )
+        )
+    for tokens in preset.quecc_tokens:
+        side = round(tokens**0.5)
+        if side * side != tokens or grid % side:
+            skipped.append(f"quecc {tokens}: {tokens} tokens is no square grid dividing {grid}x{grid}")
+            continue
+        stride = grid // side
+        rows.append(Variant(f"quecc {tokens}", "quecc", "quecc", {"kernel_size": stride, "stride": stride}))
+    for count in preset.voco_tokens:
+        kwargs = {"num_voco_tokens": count}
+        rows.append(Variant(f"voco_llama k={count}", "voco_llama", "voco_llama", kwargs))
+        rows.append(
+            Variant(f"voco_llama k={count} cached image", "voco_llama", "voco_llama", kwargs, cached_image=True)
+        )
+    for count in preset.setok_max_tokens:
+        kwargs = {"max_image_tokens": count, "vision_feature_layer": -2}
+        rows.append(Variant(f"setok max={count}", "setok", "setok", kwargs))
+    return rows, skipped
+
+
+@dataclass
+class Prepared:
+    """A built row: its model, prefill inputs, and what the FLOPs count needs."""
+
+    variant: Variant
+    model: torch.nn.Module
+    inputs: dict
+    generate_inputs: dict
+    config: object
+    views: int
+    query_tokens: int = 0
+    cache: object = None
+    prefill_seconds: list[float] = field(default_factory=list)
+    vision_seconds: list[float] = field(default_factory=list)
+    compressor_seconds: list[float] = field(default_factory=list)
+    decode_tps: list[float] = field(default_factory=list)
+    kv_bytes: int = 0
+    kept_image_tokens: int | None = None
+    counted_compressor_flops: int | None = None
+    peak_memory: int | None = None
+
+
+class Benchmark:
+    """Builds every row of a preset on one device and dtype, and measures them."""
+
+    def __init__(self, preset: Preset, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+        self.preset = preset
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.seed = seed
+        self.tokenizer = byte_tokenizer(("<image>", "<voco>"))
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        self.voco_token_id = self.tokenizer.convert_tokens_to_ids("<voco>")
+        self.vision_config = preset.vision_config()
+        self.text_config = preset.text_config()
+        if self.text_config.vocab_size < len(self.tokenizer):
+            raise ValueError(
+                f"The preset's vocabulary ({self.text_config.vocab_size}) is smaller than the benchmark tokenizer's "
+                f"({len(self.tokenizer)})."
+            )
+        self.grid = self.vision_config.image_size // self.vision_config.patch_size
+        # A question of `text_tokens` byte tokens (the byte tokenizer has no merges: one character, one token).
+        self.question = ("what is shown in this picture? " * preset.text_tokens)[: preset.text_tokens]
+        self.rng = np.random.default_rng(seed)
+        self.baseline = self._build_baseline()
+
+    def _image(self, size: tuple[int, int] | None) -> Image.Image:
+        height, width = size or (self.vision_config.image_size,) * 2
+        return Image.fromarray(self.rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    def _build_baseline(self) -> LlavaForConditionalGeneration:
+        config = LlavaConfig(
+            vision_config=self.vision_config,
+            text_config=self.text_config,
+            image_token_id=self.image_token_id,
+            image_seq_length=self.grid**2,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        torch.manual_seed(self.seed)
+        model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=self.dtype)
+        return self._ready(model.to(self.device))
+
+    def _ready(self, model):
+        model.eval()
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        model.generation_config.eos_token_id = self.tokenizer.eos_token_id
+        model.generation_config.bos_token_id = self.tokenizer.bos_token_id
+        return model
+
+    def _build_method(self, variant: Variant):
+        """The method's model around the baseline's tower, LLM and head; only its compressor is new."""
+        entry = MODEL_TYPES[variant.model_type]
+        kwargs = {**self.preset.method_kwargs.get(variant.model_type, {}), **variant.config_kwargs}
+        if variant.model_type == "voco_llama":
+            kwargs["voco_token_id"] = self.voco_token_id
+        config = entry.config_class(
+            vision_config=self.vision_config,
+            text_config=self.text_config,
+            image_token_id=self.image_token_id,
+            **kwargs,
+        )
+        with torch.device("meta"):
+            model = entry.for_generation_class._from_config(config, attn_implementation="sdpa")
+        model.model.vision_tower = self.baseline.model.vision_tower
+        model.model.language_model = self.baseline.model.language_model
+        model.lm_head = self.baseline.lm_head
+        torch.manual_seed(self.seed)
+        model.model.compressor = entry.model_class.compressor_class(model.config).to(self.device, self.dtype)
+        left = [name for name, tensor in _named_tensors(model) if tensor.is_meta]
+        if left:
+            raise RuntimeError(f"{variant.label}: parameters outside the compressor were not shared: {left[:5]}")
+        processor = entry.processor_class.from_config(model.config, self.tokenizer)
+        return self._ready(model), processor
+
+    def _to_device(self, encoding) -> dict:
+        return {
+            key: value.to(self.device, self.dtype if value.is_floating_point() else None)
+            for key, value in encoding.items()
+        }
+
+    def prepare(self, variant: Variant) -> Prepared:
+        image = self._image(variant.image_size)
+        text = "<image>\n" + self.question
+        if variant.method == BASELINE:
+            pixels = build_image_processor(self.vision_config)(image, return_tensors="pt")["pixel_values"]
+            ids = self.tokenizer(text.replace("<image>", "<image>" * self.grid**2), return_tensors="pt")
+            inputs = self._to_device({**ids, "pixel_values": pixels})
+            return Prepared(variant, self.baseline, inputs, dict(inputs), self.baseline.config, views=1)
+
+        model, processor = self._build_method(variant)
+        inputs = self._to_device(processor(images=image, text=text, return_tensors="pt"))
+        views = inputs["pixel_values"].shape[0]
+        query_tokens = int(inputs["query_attention_mask"].sum()) if "query_attention_mask" in inputs else 0
+        prepared = Prepared(variant, model, inputs, dict(inputs), model.config, views, query_tokens)
+        if variant.cached_image:
+            prefix = self._to_device(processor(images=image, text="<image>", return_tensors="pt"))
+            length = prefix["input_ids"].shape[1]
+            if not torch.equal(inputs["input_ids"][:, :length], prefix["input_ids"]):
+                raise RuntimeError("The VoCo image prefix does not start the full prompt; cannot reuse its cache.")
+            prepared.cache = model.compress_images(**prefix)
+            prepared.inputs = {
+                "input_ids": inputs["input_ids"][:, length:],
+                "attention_mask": inputs["attention_mask"],
+            }
+            prepared.generate_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        return prepared
+
+    # -- one measurement each --------------------------------------------------------------------------------------
+
+    def _prefill_fn(self, row: Prepared):
+        def run():
+            with torch.inference_mode():
+                past = copy.deepcopy(row.cache) if row.cache is not None else None
+                extra = {"past_key_values": past} if past is not None else {}
+                return row.model(**row.inputs, **extra, use_cache=True, logits_to_keep=1)
+
+        return run
+
+    def _parts(self, row: Prepared) -> dict[str, list]:
+        inner = row.model.model
+        compressor = [getattr(inner, "compressor", None) or inner.multi_modal_projector]
+        if hasattr(inner, "get_query_embeds"):
+            compressor.append((inner, "get_query_embeds"))
+        return {"vision": [inner.vision_tower], "compressor": compressor}
+
+    def time_prefill(self, row: Prepared):
+        fn = self._prefill_fn(row)
+        if row.cache is not None:
+            # The cache copy is not part of a query's cost: time the forward alone.
+            past = copy.deepcopy(row.cache)
+            with torch.inference_mode():
+                _, seconds = timed_call(
+                    lambda: row.model(**row.inputs, past_key_values=past, use_cache=True, logits_to_keep=1),
+                    self.device,
+                )
+            row.prefill_seconds.append(seconds)
+            row.vision_seconds.append(0.0)
+            row.compressor_seconds.append(0.0)
+            return
+        with PartTimer(self.device, self._parts(row)) as parts:
+            _, seconds = timed_call(fn, self.device)
+        row.prefill_seconds.append(seconds)
+        row.vision_seconds.append(parts.seconds["vision"])
+        row.compressor_seconds.append(parts.seconds["compressor"])
+
+    def time_decode(self, row: Prepared):
+        clock = TokenClock(self.device)
+        extra = {"past_key_values": copy.deepcopy(row.cache)} if row.cache is not None else {}
+        with torch.inference_mode():
+            row.model.generate(
+                **row.generate_inputs,
+                **extra,
+                max_new_tokens=self.preset.new_tokens,
+                min_new_tokens=self.preset.new_tokens,
+                do_sample=False,
+                streamer=clock,
+            )
+        row.decode_tps.append(clock.decode_tokens_per_second())
+
+    def inspect(self, row: Prepared):
+        """Untimed facts of a row: KV bytes after its prefill, SeTok's kept tokens and counted compressor FLOPs."""
+        output = self._prefill_fn(row)()
+        row.kv_bytes = cache_bytes(output.past_key_values)
+        if row.variant.method == "setok":
+            mask = output.attention_mask
+            placeholders = int((row.inputs["input_ids"] == self.image_token_id).sum())
+            row.kept_image_tokens = int(mask.sum()) - (mask.shape[1] - placeholders)
+            counts = counted_flops(lambda: row.model(**row.inputs, use_cache=True, logits_to_keep=1))
+            row.counted_compressor_flops = sum(
+                count for name, count in counts.items() if name.endswith("model.compressor")
+            )
+
+    # -- the run -----------------------------------------------------------------------------------------------------
+
+    def run(self, measure_memory: bool = True, progress: bool = True) -> list[dict]:
+        rows_to_build, self.skipped = variants(self.preset)
+        rows = [self.prepare(variant) for variant in tqdm(rows_to_build, desc="build", disable=not progress)]
+        steps = len(rows) * (1 + self.preset.repeats + self.preset.decode_repeats + measure_memory)
+        with tqdm(total=steps, desc=f"bench {self.preset.name}", disable=not progress) as bar:
+            for row in rows:  # the untimed facts, which also warm every row up
+                self.inspect(row)
+                bar.update()
+            for round_index in range(self.preset.repeats):
+                for row in _rotated(rows, round_index):
+                    self.time_prefill(row)
+                    bar.update()
+            for round_index in range(self.preset.decode_repeats):
+                for row in _rotated(rows, round_index):
+                    self.time_decode(row)
+                    bar.update()
+            if measure_memory:
+                for row in rows:
+                    row.peak_memory = peak_memory_bytes(self._prefill_fn(row), self.device)
+                    bar.update()
+        return self.rows(rows)
+
+    def flops(self, row: Prepared) -> flops.PrefillFlops:
+        """Analytic FLOPs of the row's timed prefill (SeTok's compressor: counted, its clustering is data-driven)."""
+        config, views, variant = row.config, row.views, row.variant
+        seq_len = row.inputs["input_ids"].shape[1]
+        if row.cache is not None:
+            past = row.kv_bytes // flops.kv_cache_bytes(self.text_config, 1, self.dtype.itemsize) - seq_len
+            return flops.PrefillFlops(0, 0, flops.llm_flops(self.text_config, seq_len, past_tokens=past))
+        vision = flops.clip_vision_flops(self.vision_config, views)
+        llm = flops.llm_flops(self.text_config, seq_len)
+        if variant.method == BASELINE or variant.model_type == "voco_llama":
+            compressor = flops.llava_projector_flops(config, views)
+        elif variant.model_type == "tokenpacker":
+            compressor = flops.tokenpacker_flops(config, views)
+        elif variant.model_type == "quecc":
+            compressor = flops.quecc_flops(config, row.query_tokens, views)
+        elif variant.model_type == "setok":
+            compressor = row.counted_compressor_flops
+        else:
+            raise ValueError(f"No FLOPs model for {variant.model_type!r}.")
+        return flops.PrefillFlops(vision, compressor, llm)
+
+    def rows(self, prepared: list[Prepared]) -> list[dict]:
+        base = prepared[0]
+        base_flops = self.flops(base)
+        base_prefill = statistics.median(base.prefill_seconds)
+        out = []
+        for row in prepared:
+            cost = self.flops(row)
+            prefill = statistics.median(row.prefill_seconds)
+            ids = row.inputs["input_ids"]
+            visual = int((ids == self.image_token_id).sum()) if row.cache is None else 0
+            speedup = base_prefill / prefill
+            ideal = base_flops.total / cost.total
+            out.append(
+                {
+                    "preset": self.preset.name,
+                    "method": row.variant.method,
+                    "label": row.variant.label,
+                    "setting": row.variant.config_kwargs,
+                    "image_size": list(row.variant.image_size or (self.vision_config.image_size,) * 2),
+                    "cached_image": row.variant.cached_image,
+                    "views": row.views if row.cache is None else 0,
+                    "visual_tokens": visual,
+                    "kept_image_tokens": row.kept_image_tokens,
+                    "prefill_tokens": ids.shape[1],
+                    "prefill_ms": 1e3 * prefill,
+                    "prefill_ms_min": 1e3 * min(row.prefill_seconds),
+                    "prefill_ms_max": 1e3 * max(row.prefill_seconds),
+                    "vision_ms": 1e3 * statistics.median(row.vision_seconds),
+                    "compressor_ms": 1e3 * statistics.median(row.compressor_seconds),
+                    "compressor_share": statistics.median(row.compressor_seconds) / prefill,
+                    "prefill_speedup": speedup,
+                    "ideal_speedup": ideal,
+                    "ideal_speedup_llm": base_flops.llm / cost.llm,
+                    "efficiency": speedup / ideal,
+                    "flops_vision": cost.vision,
+                    "flops_compressor": cost.compressor,
+                    "flops_llm": cost.llm,
+                    "compressor_flops_share": cost.compressor / cost.total,
+                    "decode_tokens_per_s": statistics.median(row.decode_tps) if row.decode_tps else None,
+                    "kv_cache_bytes": row.kv_bytes,
+                    "kv_cache_tokens": row.kv_bytes // flops.kv_cache_bytes(self.text_config, 1, self.dtype.itemsize),
+                    "peak_memory_bytes": row.peak_memory,
+                    "repeats": len(row.prefill_seconds),
+                }
+            )
+        return out
+
+
+def _named_tensors(model):
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+def _rotated(items: list, shift: int) -> list:
+    shift %= len(items)
+    return items[shift:] + items[:shift]

@@ -1,0 +1,98 @@
+"""`vtc convert`: original checkpoints and llava-hf models -> `save_pretrained` folders of this library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+ORIGINAL_METHODS = ("tokenpacker", "quecc", "voco_llama", "setok")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vtc convert", description="Convert original checkpoints, or start a compressed VLM from llava-hf."
+    )
+    sources = parser.add_subparsers(dest="source", required=True)
+    for method in ORIGINAL_METHODS:
+        sub = sources.add_parser(method, help=f"an original {method} checkpoint folder (config.json + weights)")
+        sub.add_argument("--checkpoint", required=True, help="folder of the original checkpoint")
+        sub.add_argument("--vision-tower", help="folder of the vision tower (the originals save none)")
+        sub.add_argument("--tokenizer", help="tokenizer folder, if not the checkpoint's")
+        if method == "tokenpacker":
+            sub.add_argument("--scale-factor", type=int, help="2/3/4; else config.json's or the name's '-64token'")
+            sub.add_argument("--patch-num", type=int, help="HD: 9/16/25; else config.json's or the name's '-16patch-'")
+        if method == "voco_llama":
+            sub.add_argument("--num-voco-tokens", type=int, default=2, help="VoCo tokens trained with (released: 2)")
+        sub.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's")
+        _add_config(sub)
+        _add_output(sub)
+
+    llava = sources.add_parser("llava-hf", help="a new compressor between an llava-hf model's tower and LLM")
+    llava.add_argument("--llava", required=True, help="folder of an llava-hf LlavaForConditionalGeneration")
+    llava.add_argument("--model-type", required=True, help="the compressor: tokenpacker, quecc, voco_llama, setok")
+    llava.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a method config field, e.g. scale_factor=3",
+    )
+    _add_output(llava)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="FIELD=VALUE", help="a config field, e.g. scale_factor=3"
+    )
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, help="folder to write; must not exist unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _config_fields(pairs: list[str]) -> dict:
+    import json
+
+    fields = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--config takes FIELD=VALUE, got {pair!r}.")
+        try:
+            fields[name] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[name] = value
+    return fields
+
+
+def convert_cli(argv: list[str] | None = None) -> int:
+    """Run `vtc convert ARGS`; returns the exit status (errors are printed, not raised)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    options = {k: v for k, v in vars(args).items() if k not in ("source", "config")}
+    try:
+        fields = _config_fields(args.config)
+        if args.source == "llava-hf":
+            from .llava_hf import convert_llava_hf
+
+            output = convert_llava_hf(
+                options["llava"],
+                options["model_type"],
+                options["output"],
+                overwrite=options["overwrite"],
+                **fields,
+            )
+        else:
+            from importlib import import_module
+
+            output = import_module(f".{args.source}", __package__).convert_checkpoint(
+                **options, config_overrides=fields
+            )
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+        print(f"vtc convert: error: {error}")
+        return 1
+    print(f"Converted model written to {output}")
+    return 0
