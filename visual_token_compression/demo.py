@@ -24,7 +24,9 @@ from .processing.chat_templates import VICUNA_V1_SYSTEM
 from .tiny import tiny_text_config, tiny_vision_config, word_tokenizer
 from .training.synthetic import make_shapes_dataset
 
-STAGE_SETTINGS = {  # (epochs, learning rate): a random tiny LLM needs a far larger stage-2 rate than 2e-5
+# (epochs, learning rate). Stage 1 aligns to a random LLM, which teaches the compressor little, so its rate stays low
+# lest it collapse to an image-independent output; a random tiny LLM needs a far larger stage-2 rate than 2e-5.
+STAGE_SETTINGS = {
     1: (2, 2e-4),
     2: (13, 2e-3),
 }
