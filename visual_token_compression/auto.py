@@ -35,6 +35,8 @@ class ModelType:
     processor_class: type[CompressedVLMProcessor]
     # Config overrides that make the method fit `tiny.py`'s 32-wide towers and LLMs (tests, demo).
     tiny_config_kwargs: dict = field(default_factory=dict)
+    # Special tokens besides `<image>` the method adds to an LLM's tokenizer: config field -> token.
+    special_tokens: dict = field(default_factory=dict)
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -46,7 +48,13 @@ MODEL_TYPES: dict[str, ModelType] = {
         tiny_config_kwargs={"k": 8, "fallback_num_tokens": 8},
     ),
     "quecc": ModelType(QueCCConfig, QueCCModel, QueCCForConditionalGeneration, QueCCProcessor),
-    "voco_llama": ModelType(VoCoLlamaConfig, VoCoLlamaModel, VoCoLlamaForConditionalGeneration, VoCoLlamaProcessor),
+    "voco_llama": ModelType(
+        VoCoLlamaConfig,
+        VoCoLlamaModel,
+        VoCoLlamaForConditionalGeneration,
+        VoCoLlamaProcessor,
+        special_tokens={"voco_token_id": "<voco>"},
+    ),
     "tokenpacker": ModelType(
         TokenPackerConfig,
         TokenPackerModel,

@@ -34,18 +34,21 @@ def compose_vlm(
 ):
     """(VLM, processor): the method's compressor (fresh) between the given tower and LLM (weights reused).
 
-    A tower given as a config is randomly initialised. `<image>` is added to the tokenizer and embeddings.
+    A tower given as a config is randomly initialised. `<image>` (and the method's own special tokens, such as
+    `<voco>`) are added to the tokenizer and the embeddings.
     """
     entry = MODEL_TYPES[model_type]
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    # VoCo-LLaMA's <voco> first, at the id right after the vocabulary as the original trained it.
+    tokenizer.add_tokens([*entry.special_tokens.values(), "<image>"], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tower_config = vision_tower if isinstance(vision_tower, PretrainedConfig) else vision_tower.config
+    special_ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in entry.special_tokens.items()}
     config = entry.config_class(
         vision_config=tower_config,
         text_config=language_model.config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        **config_kwargs,
+        **{**special_ids, **config_kwargs},
     )
     model = entry.for_generation_class._from_config(config, attn_implementation=attn_implementation)
     if isinstance(vision_tower, PreTrainedModel):

@@ -44,7 +44,7 @@ def write_parts(folder: Path, llm: str, data: dict) -> tuple[str, str]:
     AutoModel.from_config(tiny_vision_config(image_size=32, patch_size=4)).save_pretrained(folder / "tower")
     if llm == "smollm2":
         return str(folder / "tower"), "smollm2"
-    texts = [VICUNA_V1_SYSTEM, "USER: ASSISTANT:"] + [
+    texts = [VICUNA_V1_SYSTEM, "USER: ASSISTANT:", ","] + [
         turn["value"]
         for split in ("captions", "questions")
         for record in json.loads(Path(data[split]).read_text())

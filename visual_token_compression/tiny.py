@@ -35,6 +35,7 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
     """A word-level tokenizer over the words of `texts` (split on spaces and punctuation), built in memory.
 
     For small closed-vocabulary tasks (the demo): every answer word is one token, so a tiny LLM learns quickly.
+    Newlines are tokens too.
     """
     splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     words = sorted({word for text in texts for word, _ in splitter.pre_tokenize_str(text)})
@@ -54,6 +55,7 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=4096,
     )
+    tokenizer.add_tokens(["\n"])  # kept as a token (layout separators), where whitespace splitting would drop it
     tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
     return tokenizer
 
