@@ -67,7 +67,7 @@ def test_placeholder_and_image_counts_must_agree(processor):
 
 
 def test_truncation_through_image_tokens_is_an_error(processor):
-    with pytest.raises(ValueError, match=r"truncation kept \d+ of its 16 image tokens"):
+    with pytest.raises(ValueError, match=r"truncation kept \d+ of its 16 '<image>' tokens"):
         processor(images=Image.new("RGB", (8, 8)), text="some words <image>", truncation=True, max_length=12)
 
 

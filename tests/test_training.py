@@ -158,7 +158,7 @@ def test_truncation_through_image_tokens_names_the_sample():
     _, processor = build_tiny("tokenpacker")
     collator = CompressedVLMDataCollator(processor, model_max_length=120)
     record = {"__index__": 5, "image": Image.new("RGB", (9, 9)), "conversations": conversation("Q", "A")}
-    with pytest.raises(SampleError, match=r"sample 5 .*truncation kept \d+ of its 16 image tokens"):
+    with pytest.raises(SampleError, match=r"sample 5 .*truncation kept \d+ of its 16 '<image>' tokens"):
         collator([record])
 
 

@@ -94,7 +94,7 @@ def test_processor_rejects_literal_voco_and_truncation(tiny):
     n = processor.image_seq_length
     with pytest.raises(ValueError, match="truncation kept 1 of its 2 '<voco>' tokens"):
         processor(images=RED, text="<image>\nhi", truncation=True, max_length=1 + n + 1 + 1)
-    with pytest.raises(ValueError, match="image tokens"):
+    with pytest.raises(ValueError, match="'<image>' tokens"):
         processor(images=RED, text="<image>\nhi", truncation=True, max_length=n // 2)
 
 

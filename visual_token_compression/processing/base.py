@@ -112,39 +112,43 @@ class CompressedVLMProcessor(ProcessorMixin):
             raise ValueError(
                 f"The text holds {num_placeholders} {self.image_token!r} tokens but {len(images)} images were given."
             )
-        counts = self.image_token_counts([(image.height, image.width) for image in images])
-        texts, expected = self._expand_image_tokens(texts, counts)
+        texts = self.expand_image_tokens(texts, images)
 
         tokenizer_kwargs = {name: kwargs[name] for name in TOKENIZER_KWARGS if name in kwargs}
         tokenizer_kwargs.setdefault("padding", len(texts) > 1)
         encoding = self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs)
         encoding.pop("token_type_ids", None)
-        self._check_image_tokens_kept(encoding["input_ids"], expected)
+        self._check_layout_kept(encoding["input_ids"], texts)
 
         data = dict(encoding)
         if images:
             data.update(self.preprocess_images(images, return_tensors=return_tensors))
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _expand_image_tokens(self, texts: list[str], counts: list[int]) -> tuple[list[str], list[int]]:
-        expanded, expected, image_index = [], [], 0
+    def image_text(self, image) -> str:
+        """What one `<image>` of the text becomes: its placeholders (and, for some methods, layout text)."""
+        return self.image_token * self.image_token_counts([(image.height, image.width)])[0]
+
+    def expand_image_tokens(self, texts: list[str], images: list) -> list[str]:
+        """Each `<image>` replaced by `image_text` of the next image, in order across the texts."""
+        remaining = iter(images)
+        expanded = []
         for sample in texts:
             pieces = sample.split(self.image_token)
-            out = pieces[0]
-            for piece in pieces[1:]:
-                out += self.image_token * counts[image_index] + piece
-                image_index += 1
-            expanded.append(out)
-            expected.append(out.count(self.image_token))
-        return expanded, expected
+            expanded.append(pieces[0] + "".join(self.image_text(next(remaining)) + piece for piece in pieces[1:]))
+        return expanded
 
-    def _check_image_tokens_kept(self, input_ids, expected: list[int]):
-        for index, (ids, count) in enumerate(zip(input_ids, expected, strict=True)):
+    def _check_layout_kept(self, input_ids, texts: list[str]):
+        """Truncation that cuts through an image's tokens is an error, never a silently shifted layout."""
+        self._check_token_kept(input_ids, texts, self.image_token, self.image_token_id)
+
+    def _check_token_kept(self, input_ids, texts: list[str], token: str, token_id: int):
+        for index, (ids, text) in enumerate(zip(input_ids, texts, strict=True)):
             ids = ids.tolist() if hasattr(ids, "tolist") else ids
-            kept = ids.count(self.image_token_id)
+            kept, count = ids.count(token_id), text.count(token)
             if kept != count:
                 raise ValueError(
-                    f"Sample {index}: truncation kept {kept} of its {count} image tokens; raise max_length "
+                    f"Sample {index}: truncation kept {kept} of its {count} {token!r} tokens; raise max_length "
                     f"(model_max_length is {self.tokenizer.model_max_length}) or shorten the text."
                 )
 

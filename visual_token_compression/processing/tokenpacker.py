@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData
 
-from .base import TOKENIZER_KWARGS, CompressedVLMProcessor, _flatten, build_image_processor
-from .images import load_image
+from .base import CompressedVLMProcessor, build_image_processor
 from .tokenpacker_hd import TokenPackerImageProcessor
 
 
@@ -90,46 +88,13 @@ class TokenPackerProcessor(CompressedVLMProcessor):
             num_image_patches=[self.image_processor.num_views(h, w) for h, w in sizes],
         )
 
-    def image_layout(self, rows: int, cols: int) -> str:
-        """The text one image of a rows x cols grid becomes: placeholders and separators, global view last."""
+    def image_text(self, image) -> str:
+        """Plain: q placeholders. HD: the image's grid of views with separators, global view last."""
+        if not self.is_hd:
+            return super().image_text(image)
+        rows, cols = self.image_processor.grid(image.height, image.width)
         view = self.image_token * self.image_seq_length
         layout = (self.tile_separator.join([view] * cols) + self.row_separator) * rows
         if rows * cols > 1:
             layout += view + self.row_separator
         return layout
-
-    def __call__(self, images=None, text=None, return_tensors=None, **kwargs) -> BatchFeature:
-        """As the base, but in HD each `<image>` becomes its image's own layout, which needs its size."""
-        if not self.is_hd:
-            return super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
-        kwargs.update(kwargs.pop("processor_kwargs", None) or {})
-        if text is None:
-            raise ValueError("text is required: write one image token per image where the image belongs.")
-        texts = [text] if isinstance(text, str) else list(text)
-        images = [load_image(image) for image in _flatten(images)]
-        num_placeholders = sum(sample.count(self.image_token) for sample in texts)
-        if num_placeholders != len(images):
-            raise ValueError(
-                f"The text holds {num_placeholders} {self.image_token!r} tokens but {len(images)} images were given."
-            )
-
-        layouts = iter(self.image_layout(*self.image_processor.grid(image.height, image.width)) for image in images)
-        texts = ["".join(_interleave(sample.split(self.image_token), layouts)) for sample in texts]
-        expected = [sample.count(self.image_token) for sample in texts]
-
-        tokenizer_kwargs = {name: kwargs[name] for name in TOKENIZER_KWARGS if name in kwargs}
-        tokenizer_kwargs.setdefault("padding", len(texts) > 1)
-        encoding = self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs)
-        encoding.pop("token_type_ids", None)
-        self._check_image_tokens_kept(encoding["input_ids"], expected)
-        data = dict(encoding)
-        if images:
-            data.update(self.preprocess_images(images, return_tensors=return_tensors))
-        return BatchFeature(data, tensor_type=return_tensors)
-
-
-def _interleave(pieces: list[str], layouts):
-    yield pieces[0]
-    for piece in pieces[1:]:
-        yield next(layouts)
-        yield piece

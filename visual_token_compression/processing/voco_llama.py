@@ -106,27 +106,9 @@ class VoCoLlamaProcessor(CompressedVLMProcessor):
             )
         return super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
 
-    def _expand_image_tokens(self, texts: list[str], counts: list[int]) -> tuple[list[str], list[int]]:
-        expanded, expected, image_index = [], [], 0
-        voco = "\n" + self.voco_token * self.num_voco_tokens
-        for sample in texts:
-            pieces = sample.split(self.image_token)
-            out = pieces[0]
-            for piece in pieces[1:]:
-                out += self.image_token * counts[image_index] + voco + piece
-                image_index += 1
-            expanded.append(out)
-            expected.append((out.count(self.image_token), len(pieces) - 1))
-        return expanded, expected
+    def image_text(self, image) -> str:
+        return super().image_text(image) + "\n" + self.voco_token * self.num_voco_tokens
 
-    def _check_image_tokens_kept(self, input_ids, expected: list[tuple[int, int]]):
-        """Truncation through image or VoCo tokens is an error, never a silently shifted layout."""
-        super()._check_image_tokens_kept(input_ids, [placeholders for placeholders, _ in expected])
-        for index, (ids, (_, images)) in enumerate(zip(input_ids, expected, strict=True)):
-            ids = ids.tolist() if hasattr(ids, "tolist") else ids
-            kept, count = ids.count(self.voco_token_id), images * self.num_voco_tokens
-            if kept != count:
-                raise ValueError(
-                    f"Sample {index}: truncation kept {kept} of its {count} {self.voco_token!r} tokens; raise "
-                    f"max_length (model_max_length is {self.tokenizer.model_max_length}) or shorten the text."
-                )
+    def _check_layout_kept(self, input_ids, texts: list[str]):
+        super()._check_layout_kept(input_ids, texts)
+        self._check_token_kept(input_ids, texts, self.voco_token, self.voco_token_id)

@@ -123,8 +123,7 @@ class CompressedVLMDataCollator:
                 f"tokens but the sample has {int(image is not None)} image."
             )
         # Character spans of the supervised segments in the text the processor tokenizes (placeholders expanded).
-        counts = processor.image_token_counts([(image.height, image.width)]) if image is not None else []
-        expanded, _ = processor._expand_image_tokens(texts, counts)
+        expanded = processor.expand_image_tokens(texts, [image] if image is not None else [])
         supervised_spans, cursor = [], 0
         for text, (_, supervised) in zip(expanded, segments, strict=True):
             if supervised:
