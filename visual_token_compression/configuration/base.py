@@ -7,8 +7,8 @@ from transformers import CONFIG_MAPPING, PretrainedConfig
 # CLIP ViT-L/14-336, the tower of every released TokenPacker / QueCC / VoCo-LLaMA checkpoint.
 DEFAULT_VISION_CONFIG = {
     "model_type": "clip_vision_model",
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
+    "hidden_size": 1024,  # default: the released checkpoints
+    "intermediate_size": 4096,  # default: the released checkpoints
     "num_hidden_layers": 24,
     "num_attention_heads": 16,
     "image_size": 336,
