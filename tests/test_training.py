@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -269,7 +270,7 @@ def test_vtc_train_refuses_to_overwrite_a_run(parts, tmp_path):
 
 
 def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(parts, tmp_path):
-    steps = ["--max_steps", "24", "--save_steps", "4", "--learning_rate", "5e-3", "--gradient_checkpointing", "False"]
+    steps = ["--max_steps", "40", "--save_steps", "4", "--learning_rate", "5e-3", "--gradient_checkpointing", "False"]
     train_main(tiny_train_args(parts, tmp_path / "straight", 1, *steps))
 
     command = [
@@ -297,6 +298,12 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(parts, tmp_path
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_ddp_step_with_torchrun(parts, tmp_path):
     command = [
         sys.executable,
@@ -305,7 +312,7 @@ def test_two_process_ddp_step_with_torchrun(parts, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29561",
+        str(free_port()),
         "-m",
         "visual_token_compression.training.train",
         *tiny_train_args(parts, tmp_path / "ddp", 1, "--max_steps", "2", "--ddp_backend", "gloo"),
