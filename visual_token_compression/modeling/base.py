@@ -6,7 +6,7 @@ CLIP/SigLIP tower and any decoder LLM work. A method only supplies its compresso
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -185,6 +185,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     """The VLM with its LM head, loss and generation. Subclasses set `model_class`."""
 
     model_class: type[CompressedVLMModel]
+    # Fields besides loss and logits are carried over from the base model's output by name.
+    output_class = CompressedVLMCausalLMOutputWithPast
     _tied_weights_keys = TIED_LM_HEAD
 
     def __init__(self, config: CompressedVLMConfig):
@@ -237,16 +239,14 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
-        return CompressedVLMCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            loss = self.compute_loss(logits, labels, outputs, attention_mask=attention_mask, **kwargs)
+        carried = {field.name: getattr(outputs, field.name, None) for field in fields(self.output_class)}
+        return self.output_class(**{**carried, "loss": loss, "logits": logits})
+
+    def compute_loss(self, logits, labels, outputs, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Next-token loss; methods whose sequence skips positions (SeTok's unfilled slots) override it."""
+        return self.loss_function(
+            logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
         )
 
     def prepare_inputs_for_generation(

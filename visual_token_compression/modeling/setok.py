@@ -295,54 +295,18 @@ def labels_of_next_kept_token(labels: torch.LongTensor, attention_mask: torch.Te
 class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = SeTokConfig
     model_class = SeTokModel
+    output_class = SeTokCausalLMOutputWithPast
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> SeTokCausalLMOutputWithPast:
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-
-        loss = None
-        if labels is not None:
-            mask = outputs.attention_mask if outputs.attention_mask is not None else attention_mask
-            shift_labels = None if mask is None else labels_of_next_kept_token(labels, mask)
-            loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                shift_labels=shift_labels,
-                vocab_size=self.config.text_config.vocab_size,
-                **kwargs,
-            )
-        return SeTokCausalLMOutputWithPast(
-            loss=loss,
+    def compute_loss(self, logits, labels, outputs, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Each kept token predicts the next *kept* token: the last cluster token predicts the first text token."""
+        mask = outputs.attention_mask if outputs.attention_mask is not None else attention_mask
+        shift_labels = None if mask is None else labels_of_next_kept_token(labels, mask)
+        return self.loss_function(
             logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-            attention_mask=outputs.attention_mask,
-            position_ids=outputs.position_ids,
+            labels=labels,
+            shift_labels=shift_labels,
+            vocab_size=self.config.text_config.vocab_size,
+            **kwargs,
         )
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
