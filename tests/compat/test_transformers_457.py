@@ -3,7 +3,10 @@ between 4.57 and 5.x in both directions with identical logits (the other version
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
+from tests.test_hub import LOADER, QUESTION
+from tests.test_hub import sample_image as hub_image
 from tests.test_models import VARIANTS, chat, sample_image
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.tiny import build_tiny
@@ -147,3 +152,53 @@ def test_checkpoints_written_here_load_on_5x_with_identical_logits(tmp_path):
             {**{k: v.contiguous() for k, v in inputs.items()}, "logits": logits}, folder / "expected.safetensors"
         )
     assert run_v5(READ, tmp_path).strip() == f"ok {len(VARIANTS)}"
+
+
+# Runs in the 5.x venv: a Hub folder (`save_for_hub`, what `vtc push --local-dir` writes) of every variant.
+WRITE_HUB = """
+import json, sys
+from pathlib import Path
+from visual_token_compression.hub import save_for_hub
+from visual_token_compression.tiny import build_tiny
+from tests.test_hub import VARIANTS, variant_id
+root, folders = Path(sys.argv[1]), {}
+for model_type, kwargs in VARIANTS:
+    name = variant_id((model_type, kwargs))
+    model, processor = build_tiny(model_type, **kwargs)
+    folder = root / "hub" / f"checkpoint_{name.replace('-', '_')}"
+    save_for_hub(model, processor, folder, repo_id=str(folder), base_models=["org/original"])
+    folders[name] = str(folder)
+print(json.dumps(folders))
+"""
+
+
+def test_hub_folders_written_by_5x_load_here_as_remote_code_without_the_package(tmp_path):
+    """The user's path: `vtc push --local-dir` on 5.x, then AutoProcessor and the model on 4.57 with
+    `trust_remote_code` and no visual_token_compression installed (test_hub's loader, which blocks the package)."""
+    folders = json.loads(run_v5(WRITE_HUB, tmp_path).strip().splitlines()[-1])
+    work = tmp_path / "remote"
+    work.mkdir()
+    hub_image().save(work / "image.png")
+    (work / "load.py").write_text(LOADER)
+    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_MODULES_CACHE", None)
+    result = subprocess.run(
+        [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
+        capture_output=True, text=True, cwd=work, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(reports) == sorted(folders)
+    for name, folder in folders.items():
+        assert reports[name]["package_modules"] == [], name
+        # The same inputs and logits as the package itself gives on this release, from the same folder.
+        processor = transformers.AutoProcessor.from_pretrained(folder)
+        model = transformers.AutoModelForImageTextToText.from_pretrained(folder).eval()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(images=hub_image(), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        remote = load_file(work / f"{name}.safetensors")
+        assert torch.equal(remote["input_ids"], inputs["input_ids"]), name
+        torch.testing.assert_close(remote["logits"], logits, atol=0, rtol=0)

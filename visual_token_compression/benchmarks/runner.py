@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from ..auto import MODEL_TYPES
+from ..compat import CACHE_NAME, output_cache
 from ..processing.base import build_image_processor
 from ..tiny import byte_tokenizer
 from . import flops
@@ -214,7 +215,7 @@ class Benchmark:
         def run():
             with torch.inference_mode():
                 past = copy.deepcopy(row.cache) if row.cache is not None else None
-                extra = {"past_key_values": past} if past is not None else {}
+                extra = {CACHE_NAME: past} if past is not None else {}
                 return row.model(**row.inputs, **extra, use_cache=True, logits_to_keep=1)
 
         return run
@@ -233,7 +234,7 @@ class Benchmark:
             past = copy.deepcopy(row.cache)
             with torch.inference_mode():
                 _, seconds = timed_call(
-                    lambda: row.model(**row.inputs, past_key_values=past, use_cache=True, logits_to_keep=1),
+                    lambda: row.model(**row.inputs, **{CACHE_NAME: past}, use_cache=True, logits_to_keep=1),
                     self.device,
                 )
             row.prefill_seconds.append(seconds)
@@ -248,7 +249,7 @@ class Benchmark:
 
     def time_decode(self, row: Prepared):
         clock = TokenClock(self.device)
-        extra = {"past_key_values": copy.deepcopy(row.cache)} if row.cache is not None else {}
+        extra = {CACHE_NAME: copy.deepcopy(row.cache)} if row.cache is not None else {}
         with torch.inference_mode():
             row.model.generate(
                 **row.generate_inputs,
@@ -263,7 +264,7 @@ class Benchmark:
     def inspect(self, row: Prepared):
         """Untimed facts of a row: KV bytes after its prefill, SeTok's kept tokens and counted compressor FLOPs."""
         output = self._prefill_fn(row)()
-        row.kv_bytes = cache_bytes(output.past_key_values)
+        row.kv_bytes = cache_bytes(output_cache(output))
         if row.variant.method == "setok":
             mask = output.attention_mask
             placeholders = int((row.inputs["input_ids"] == self.image_token_id).sum())

@@ -12,13 +12,21 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..compat import TIED_LM_HEAD, TRANSFORMERS_V5, flat_vision_tower_key_mapping
+from ..compat import (
+    CACHE_NAME,
+    TIED_LM_HEAD,
+    TRANSFORMERS_V5,
+    accepts_past_key_values,
+    flat_vision_tower_key_mapping,
+    output_cache,
+)
 from ..configuration.base import CompressedVLMConfig
 from .vision import select_vision_features
 
 
+# Both outputs extend transformers' own, so their cache field has the installed release's name (`cache` from 5.24).
 @dataclass
 class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
     """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden)."""
@@ -27,12 +35,9 @@ class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class CompressedVLMCausalLMOutputWithPast(ModelOutput):
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+class CompressedVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden)."""
+
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -41,7 +46,7 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -132,13 +137,14 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds)
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -150,7 +156,7 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
         compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
         image_features = None
-        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        is_prefill = cache is None or cache.get_seq_length() == 0
         if pixel_values is not None:
             image_features = self.get_image_features(pixel_values, **compressor_inputs)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
@@ -167,14 +173,13 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            **{**kwargs, "return_dict": True},
+            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
         )
         return CompressedVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -210,13 +215,14 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     def get_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
         return self.model.get_image_features(pixel_values, **compressor_inputs)
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -228,7 +234,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -249,16 +255,11 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
         )
 
-    def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, **kwargs
-    ):
-        """Pass image inputs at prefill only; decoding steps read them from the KV cache."""
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
+        """Pass image inputs at prefill only; decoding steps read them from the KV cache. (The cache travels in
+        `kwargs` under the installed release's name.)"""
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         if TRANSFORMERS_V5:
             first_step = bool(kwargs.get("is_first_iteration", False))

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 
+from ..compat import CACHE_NAME, accepts_past_key_values, output_cache
 from ..configuration.setok import SeTokConfig
 from .base import (
     CompressedVLMCausalLMOutputWithPast,
@@ -208,13 +209,14 @@ class SeTokModel(CompressedVLMModel):
         """(views, max_image_tokens, text_hidden): each view's cluster tokens first, then zeros."""
         return self.get_image_outputs(pixel_values).image_features
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -245,7 +247,7 @@ class SeTokModel(CompressedVLMModel):
             attention_mask = attention_mask * ~unfilled
             position_ids = positions_of_kept_tokens(attention_mask)
         elif input_ids is not None and self.config.image_token_id is not None:
-            is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            is_prefill = cache is None or cache.get_seq_length() == 0
             num_placeholders = int((input_ids == self.config.image_token_id).sum()) if is_prefill else 0
             if num_placeholders:
                 raise ValueError(
@@ -259,14 +261,13 @@ class SeTokModel(CompressedVLMModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            **{**kwargs, "return_dict": True},
+            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
         )
         return SeTokModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=None if image_outputs is None else image_outputs.image_features,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from ..compat import TRANSFORMERS_V5
+from ..compat import CACHE_NAME, TRANSFORMERS_V5, accepts_past_key_values, output_cache
 from ..configuration.voco_llama import VoCoLlamaConfig
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, CompressedVLMModelOutputWithPast
 from .layers import GeluMLP
@@ -106,13 +106,14 @@ class VoCoLlamaModel(CompressedVLMModel):
                 "{'text_config': 'sdpa', 'vision_config': 'flash_attention_2'}."
             )
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -126,7 +127,7 @@ class VoCoLlamaModel(CompressedVLMModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         batch, query_length = voco_mask.shape
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         if self.config.image_token_id is None and pixel_values is None:
             placeholder_mask = torch.zeros_like(voco_mask)  # a text-only model
         else:
@@ -148,9 +149,9 @@ class VoCoLlamaModel(CompressedVLMModel):
                 "cannot be sealed afterwards."
             )
 
-        if isinstance(past_key_values, VoCoCache):
-            physical_past = past_key_values.physical_length()
-            key_padding_mask = past_key_values.key_padding_mask(attention_mask, batch, query_length)
+        if isinstance(cache, VoCoCache):
+            physical_past = cache.physical_length()
+            key_padding_mask = cache.key_padding_mask(attention_mask, batch, query_length)
         else:
             physical_past = past_length
             key_padding_mask = (
@@ -169,18 +170,17 @@ class VoCoLlamaModel(CompressedVLMModel):
         outputs = self.language_model(
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            **{**kwargs, "return_dict": True},
+            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
         )
-        cache = outputs.past_key_values
+        cache = output_cache(outputs)
         if cache is not None and past_length == 0:
             # Sealed columns are invisible to every later token: dropping them loses nothing.
             cache = VoCoCache.compress(cache, keep, prefix_ids=input_ids)
         return CompressedVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=cache,
+            **{CACHE_NAME: cache},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -212,7 +212,7 @@ class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
         attention_mask: torch.Tensor | None = None,
     ) -> VoCoCache:
         """Run an image prefix once (e.g. `processor(images=image, text="<image>")`) and return its compressed cache:
-        `num_voco_tokens` KV columns per image. Pass a `copy.deepcopy` of it as `past_key_values` to `generate`
+        `num_voco_tokens` KV columns per image. Pass a `copy.deepcopy` of it as `cache` to `generate`
         with any prompt that starts with the same prefix, to ask several questions about the image."""
         voco_mask = input_ids == self.config.voco_token_id
         if not voco_mask[:, -1].all():
@@ -224,16 +224,16 @@ class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
             outputs = self.model(
                 input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_cache=True
             )
-        return outputs.past_key_values
+        return output_cache(outputs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """As the base, and check that a reused compressed cache is the prefix of the prompt it is given with."""
         first_step = (
             bool(kwargs.get("is_first_iteration", False))
             if TRANSFORMERS_V5
             else kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
         )
-        cache = past_key_values
+        cache = kwargs.get(CACHE_NAME)
         if first_step and isinstance(cache, VoCoCache) and cache.prefix_ids is not None:
             prefix = cache.prefix_ids.to(input_ids.device)
             length = prefix.shape[1]
@@ -243,4 +243,6 @@ class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
                     f"start with that prefix (prompt length {input_ids.shape[1]}); build the prompt with the same "
                     "image text, padding and batch as compress_images."
                 )
-        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        return super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )

@@ -7,6 +7,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from ..compat import write_portable_tokenizer_class
 from .chat_templates import VICUNA_V1
 from .images import load_image
 
@@ -72,6 +73,14 @@ class CompressedVLMProcessor(ProcessorMixin):
             raise ValueError(
                 f"The tokenizer has no {image_token!r} token; add it with add_tokens(special_tokens=True)."
             )
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """As transformers', with the tokenizer class written under a name 4.57 reads too (see `compat`). With
+        `push_to_hub=True` the upload happens inside transformers' method, before that rename; `vtc push` and
+        `save_for_hub` upload after it."""
+        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_portable_tokenizer_class(save_directory)
+        return saved
 
     @classmethod
     def from_config(cls, config, tokenizer, image_processor=None, **kwargs):
