@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures import COCO_DIR
+from tests.golden import COCO_DIR
 from visual_token_compression import TokenPackerProcessor
 from visual_token_compression.processing.chat_templates import VICUNA_V1_SYSTEM
 from visual_token_compression.tiny import build_tiny
@@ -115,7 +115,6 @@ def test_a_file_that_is_not_an_image_is_named(processor, tmp_path):
         processor(images=str(tmp_path / "missing.png"), text="<image>")
 
 
-@pytest.mark.skipif(not COCO_DIR.is_dir(), reason=f"real COCO images not present at {COCO_DIR} (only in CI/dev)")
 def test_real_coco_images(processor):
     paths = sorted((COCO_DIR / "images").glob("*.jpg"))
     captions = json.loads((COCO_DIR / "captions.json").read_text())

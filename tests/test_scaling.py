@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from tests.fixtures import fixtures_root
+from tests.golden import load_case
 from visual_token_compression.scaling import (
     ScalingLawFit,
     fit_scaling_law,
@@ -17,7 +15,7 @@ from visual_token_compression.scaling import (
     scaling_law_cli,
 )
 
-FIXTURE = json.loads((fixtures_root() / "quecc" / "scaling_law_fit.json").read_text())
+FIXTURE = load_case("quecc", "scaling_law_fit").manifest
 
 
 def test_data_matches_the_original_values():

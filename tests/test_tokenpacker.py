@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from tests.fixtures import fixtures_root
+from tests.golden import load_case
 from visual_token_compression import TokenPackerConfig
 from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
@@ -49,8 +47,7 @@ def test_unknown_vision_layer_is_refused():
 
 @pytest.mark.parametrize("llm_hidden", ["4096", "5120"])
 def test_parameter_count_and_keys_match_the_release(llm_hidden):
-    reference = json.loads((fixtures_root() / "tokenpacker" / "projector_param_counts.json").read_text())
-    reference = reference["by_llm_hidden"][llm_hidden]
+    reference = load_case("tokenpacker", "projector_param_counts").manifest["by_llm_hidden"][llm_hidden]
     config = TokenPackerConfig(text_config={"model_type": "llama", "hidden_size": int(llm_hidden)})
     with torch.device("meta"):
         module = TokenPackerCompressor(config)

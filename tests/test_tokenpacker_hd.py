@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.fixtures import REPO_ROOT
+from tests.golden import REPO_ROOT
 from visual_token_compression import TokenPackerConfig, TokenPackerImageProcessor, TokenPackerProcessor
 from visual_token_compression.processing.tokenpacker_hd import resize_bilinear
 from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 
 import pytest
 import torch
 
-from tests.fixtures import case_names, fixtures_root, load_case
+from tests.golden import cases_of, classify, fixtures_root, load_case
 from visual_token_compression import QueCCConfig
 from visual_token_compression.conversion.quecc import convert_state_dict
 from visual_token_compression.modeling.layers import GeluMLP
@@ -16,7 +16,6 @@ from visual_token_compression.modeling.vision import VisionFeatures, select_visi
 from visual_token_compression.tiny import byte_tokenizer, tiny_text_config
 
 METHOD = "quecc"
-CASES = case_names(METHOD)
 PREFIX = "model.mm_projector.0."
 # Original intermediate name -> our submodule whose output it is.
 INTERMEDIATES = {
@@ -29,14 +28,28 @@ INTERMEDIATES = {
 }
 
 
+# Files that are not tensor cases, each with the test that reads it.
+AUXILIARY = {
+    "index": "index",  # test_index_lists_every_file
+    "quecc_failure_cases": "failure_cases",  # test_settings_the_original_crashes_on_are_config_errors
+    "query_extraction": "query_extraction",  # test_query_extraction_reproduces_original_where_it_is_right
+    "scaling_law_fit": "scaling_law",  # tests/test_scaling.py
+}
+
+
 def kind_of(case) -> str:
+    if case.name in AUXILIARY:
+        return AUXILIARY[case.name]
     names = set(case.tensors)
     if any(name.startswith("inputs.hidden_states.") for name in names):
         return "feature_select"
     if {"inputs.x", "inputs.x_multi", "inputs.text_features"} <= names:
         weights = case.group("weights")
         return "projector" if any(key.startswith("model.mm_projector.") for key in weights) else "quecc"
-    raise AssertionError(f"Fixture case {case.name} matches no known QueCC check: {sorted(names)[:6]}...")
+    raise case.unknown("QueCC")
+
+
+KINDS = classify(METHOD, kind_of)
 
 
 def config_for(dims: dict, text_width: int) -> QueCCConfig:
@@ -82,14 +95,28 @@ def load_module(case, config: QueCCConfig, llm_width: int | None = None) -> QueC
     return module
 
 
-def test_every_case_is_checked():
-    for name in CASES:
-        kind_of(load_case(METHOD, name))
-    assert (fixtures_root() / METHOD / "query_extraction.json").exists()
-    assert (fixtures_root() / METHOD / "quecc_failure_cases.json").exists()
+@pytest.mark.parametrize("name", KINDS)
+def test_every_case_has_known_kind(name):
+    kind_of(load_case(METHOD, name))
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "quecc"])
+def test_every_check_has_cases():
+    assert set(AUXILIARY.values()) | {"quecc", "projector", "feature_select"} <= set(KINDS.values()), KINDS
+
+
+@pytest.mark.parametrize("name", cases_of(KINDS, "index"))
+def test_index_lists_every_file(name):
+    """The index names exactly the folder's files, and each tensor file byte for byte (not the manifests: three
+    were edited after the index was written)."""
+    folder = fixtures_root() / METHOD
+    listed = {entry["file"]: entry for entry in load_case(METHOD, name).manifest["files"]}
+    assert set(listed) == {path.name for path in folder.iterdir()} - {f"{name}.json"}
+    for file, entry in listed.items():
+        if file.endswith(".safetensors"):
+            assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == entry["sha256"], file
+
+
+@pytest.mark.parametrize("name", cases_of(KINDS, "quecc"))
 def test_module_outputs_intermediates_and_gradients_match_original(name):
     case = load_case(METHOD, name)
     inputs = case.group("inputs")
@@ -121,7 +148,7 @@ def test_module_outputs_intermediates_and_gradients_match_original(name):
         torch.testing.assert_close(leaves[key].grad, expected, atol=case.atol, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "projector"])
+@pytest.mark.parametrize("name", cases_of(KINDS, "projector"))
 def test_projector_with_checkpoint_keys_matches_original(name):
     case = load_case(METHOD, name)
     dims, inputs = case.manifest["dims"], case.group("inputs")
@@ -135,7 +162,7 @@ def test_projector_with_checkpoint_keys_matches_original(name):
     torch.testing.assert_close(output, case.tensors["outputs.output"], atol=case.atol, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "feature_select"])
+@pytest.mark.parametrize("name", cases_of(KINDS, "feature_select"))
 def test_feature_selection_matches_original(name):
     case = load_case(METHOD, name)
     hidden_states = tuple(case.tensors[f"inputs.{key}"] for key in sorted(case.group("inputs")))
@@ -160,8 +187,9 @@ def test_feature_selection_matches_original(name):
     torch.testing.assert_close(features.multi_level, case.tensors["outputs.image_features_multi"], atol=0, rtol=0)
 
 
-def test_settings_the_original_crashes_on_are_config_errors():
-    results = json.loads((fixtures_root() / METHOD / "quecc_failure_cases.json").read_text())["results"]
+@pytest.mark.parametrize("name", cases_of(KINDS, "failure_cases"))
+def test_settings_the_original_crashes_on_are_config_errors(name):
+    results = load_case(METHOD, name).manifest["results"]
     for result in results:
         if "grid" not in result:
             if "kernel/stride" in result["case"]:
@@ -214,8 +242,9 @@ DELIBERATE = {
 }
 
 
-def test_query_extraction_reproduces_original_where_it_is_right():
-    fixture = json.loads((fixtures_root() / METHOD / "query_extraction.json").read_text())
+@pytest.mark.parametrize("name", cases_of(KINDS, "query_extraction"))
+def test_query_extraction_reproduces_original_where_it_is_right(name):
+    fixture = load_case(METHOD, name).manifest
     from visual_token_compression.processing.base import build_image_processor
     from visual_token_compression.processing.quecc import QueCCProcessor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures import case_names, load_case
+from tests.golden import cases_of, classify, load_case
 from visual_token_compression import SeTokConfig
 from visual_token_compression.conversion.setok import convert_state_dict
 from visual_token_compression.modeling.setok import SeTokCompressor
@@ -14,15 +14,20 @@ from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.tiny import tiny_text_config
 
 METHOD = "setok"
-CASES = case_names(METHOD)
 REQUIRED = {"inputs.features", "inputs.density_noise", "outputs.tokens", "outputs.idx_cluster", "outputs.score"}
 
 
 def kind_of(case) -> str:
+    if case.name == "index":
+        return "index"  # test_index_lists_every_case
     names = set(case.tensors)
     if not REQUIRED <= names or "weights.out.weight" not in names:
-        raise AssertionError(f"Fixture case {case.name} matches no known SeTok check: {sorted(names)[:6]}...")
+        raise case.unknown("SeTok")
     return "masked" if "inputs.token_mask" in names else "plain"
+
+
+KINDS = classify(METHOD, kind_of)
+CASES = cases_of(KINDS, "plain", "masked")
 
 
 def compressor_for(case) -> SeTokCompressor:
@@ -91,10 +96,22 @@ def assert_matches_original(case, output, view: int = 0):
     assert output.token_mask[view].sum() == num_tokens
 
 
-def test_every_case_is_checked():
-    assert CASES, "no SeTok fixture cases found"
-    for name in CASES:
-        kind_of(load_case(METHOD, name))
+@pytest.mark.parametrize("name", KINDS)
+def test_every_case_has_known_kind(name):
+    kind_of(load_case(METHOD, name))
+
+
+def test_every_check_has_cases():
+    assert {"index", "plain", "masked"} <= set(KINDS.values()), KINDS
+
+
+@pytest.mark.parametrize("name", cases_of(KINDS, "index"))
+def test_index_lists_every_case(name):
+    index = load_case(METHOD, name).manifest["cases"]
+    assert sorted(index) == CASES
+    for case_name, entry in index.items():
+        results = load_case(METHOD, case_name).manifest["results"]
+        assert (entry["num_tokens"], entry["cluster_sizes"]) == (results["num_tokens"], results["cluster_sizes"])
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -123,7 +140,7 @@ def test_batched_view_matches_original(name):
     assert_matches_original(case, output, view=0)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "masked"])
+@pytest.mark.parametrize("name", cases_of(KINDS, "masked"))
 def test_masked_tokens_are_left_out_by_default(name):
     """Our fix of the original's bug Q5: masked patches get no cluster and are pooled nowhere.
 

@@ -1,48 +1,37 @@
 """TokenPacker-HD against the original's grid choice, preprocessing and sequence layout, for every fixture entry.
 
-The HD fixtures are the `hd_*.json` manifests of the TokenPacker folder (only `hd_preprocess_tiles` has tensors);
-each names its check in its `fixture` field, and a file that matches no check fails.
+The HD fixtures are the TokenPacker cases whose manifest names an HD check in its `fixture` field (only
+`hd_preprocess_tiles` has tensors); test_tokenpacker_parity classifies them, and fails any case that matches no check.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.fixtures import fixtures_root, load_case
+from tests.golden import load_case
+from tests.parity.test_tokenpacker_parity import HD_KINDS, KINDS
 from visual_token_compression.processing.tokenpacker import TokenPackerProcessor
 from visual_token_compression.processing.tokenpacker_hd import TILE_GRIDS, TokenPackerImageProcessor, fit_size
 from visual_token_compression.tiny import build_tiny, byte_tokenizer
 
 METHOD = "tokenpacker"
-HD_FILES = {path.stem: json.loads(path.read_text()) for path in sorted((fixtures_root() / METHOD).glob("hd_*.json"))}
+HD_FILES = {name: load_case(METHOD, name).manifest for name, kind in KINDS.items() if kind in HD_KINDS}
 TOKENIZER = byte_tokenizer()
-HD_CHECKS = ("hd_patch_division", "hd_preprocess_tiles", "hd_sequence_layout")
-
-
-def hd_kind_of(name: str) -> str:
-    """The check that claims an `hd_*` fixture (used by the plain TokenPacker parity module too)."""
-    kind = HD_FILES.get(name, {}).get("fixture")
-    if kind not in HD_CHECKS:
-        raise AssertionError(f"HD fixture {name} matches no TokenPacker-HD check (fixture field: {kind!r}).")
-    return kind
 
 
 def entries_of(kind: str, key: str) -> list:
-    return [entry for name, manifest in HD_FILES.items() if hd_kind_of(name) == kind for entry in manifest[key]]
+    return [entry for name, manifest in HD_FILES.items() if KINDS[name] == kind for entry in manifest[key]]
 
 
 DIVISIONS = entries_of("hd_patch_division", "entries")
 LAYOUTS = entries_of("hd_sequence_layout", "layouts")
-TILE_CASES = [name for name in HD_FILES if hd_kind_of(name) == "hd_preprocess_tiles"]
+TILE_CASES = [name for name in HD_FILES if KINDS[name] == "hd_preprocess_tiles"]
 
 
-def test_every_hd_file_is_checked():
-    assert set(HD_CHECKS) <= {hd_kind_of(name) for name in HD_FILES}, sorted(HD_FILES)
-    assert DIVISIONS and LAYOUTS and TILE_CASES
+def test_every_hd_check_has_entries():
+    assert DIVISIONS and LAYOUTS and TILE_CASES, sorted(HD_FILES)
 
 
 def test_grid_lists_match_original():

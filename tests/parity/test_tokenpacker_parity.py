@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures import case_names, load_case
+from tests.golden import cases_of, classify, load_case
 from visual_token_compression import CompressedVLMConfig, TokenPackerConfig
 from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
@@ -13,20 +13,26 @@ from visual_token_compression.modeling.vision import VisionFeatures, select_visi
 from visual_token_compression.tiny import tiny_text_config
 
 METHOD = "tokenpacker"
-CASES = case_names(METHOD)
+# Named by their manifest's `fixture` field; run by test_tokenpacker_hd_parity.
+HD_KINDS = ("hd_patch_division", "hd_preprocess_tiles", "hd_sequence_layout")
+# Files that are not tensor cases, each with the test that reads it.
+AUXILIARY = {"projector_param_counts": "param_counts"}  # tests/test_tokenpacker.py
 
 
 def kind_of(case) -> str:
+    if case.name in AUXILIARY:
+        return AUXILIARY[case.name]
+    if case.manifest.get("fixture") in HD_KINDS:
+        return case.manifest["fixture"]
     names = set(case.tensors)
     if {"inputs.x_single", "inputs.x_multi"} <= names:
         return "projector"
     if any(name.startswith("inputs.hidden_states_") for name in names):
         return "feature_select"
-    if case.name.startswith("hd_"):
-        from tests.parity.test_tokenpacker_hd_parity import hd_kind_of  # HD cases are run there
+    raise case.unknown("TokenPacker")
 
-        return hd_kind_of(case.name)
-    raise AssertionError(f"Fixture case {case.name} matches no known TokenPacker check: {sorted(names)[:6]}...")
+
+KINDS = classify(METHOD, kind_of)
 
 
 def compressor_for(manifest: dict) -> TokenPackerCompressor:
@@ -52,12 +58,16 @@ def compressor_for(manifest: dict) -> TokenPackerCompressor:
     return TokenPackerCompressor(config).eval()
 
 
-def test_every_case_is_checked():
-    for name in CASES:
-        kind_of(load_case(METHOD, name))
+@pytest.mark.parametrize("name", KINDS)
+def test_every_case_has_known_kind(name):
+    kind_of(load_case(METHOD, name))
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "projector"])
+def test_every_check_has_cases():
+    assert {"projector", "feature_select", "param_counts", *HD_KINDS} <= set(KINDS.values()), KINDS
+
+
+@pytest.mark.parametrize("name", cases_of(KINDS, "projector"))
 def test_projector_matches_original(name):
     case = load_case(METHOD, name)
     weights = {f"model.mm_projector.{k}": v for k, v in case.group("weights").items()}
@@ -70,7 +80,7 @@ def test_projector_matches_original(name):
     torch.testing.assert_close(output, case.tensors["outputs.y"], atol=case.atol, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if kind_of(load_case(METHOD, n)) == "feature_select"])
+@pytest.mark.parametrize("name", cases_of(KINDS, "feature_select"))
 def test_feature_selection_matches_original(name):
     case = load_case(METHOD, name)
     layers = sorted(case.group("inputs"))
