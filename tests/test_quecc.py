@@ -9,6 +9,7 @@ from PIL import Image
 
 from visual_token_compression import QueCCConfig, QueCCProcessor
 from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
+from visual_token_compression.training import CompressedVLMDataCollator
 
 CHATML = (
     "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' -}}"
@@ -129,6 +130,33 @@ def test_apply_chat_template_tokenized_returns_query_inputs(tiny):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     assert processor.tokenizer.decode(batch["query_input_ids"][0], skip_special_tokens=True) == "Hi?"
+
+
+def test_training_batches_take_the_query_from_the_prompt_never_the_caption(tiny):
+    """`plain` (the stage-1 default of `vtc train` and the demo) has no turn marker after the image: reading the query
+    from the whole text gave the compressor the caption it must predict. The original's `plain` query is empty."""
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    captions = ["a red square", "two blue circles"]
+    records = [
+        {
+            "image": noise_image(seed),
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image briefly."},
+                {"from": "gpt", "value": caption},
+            ],
+        }
+        for seed, caption in enumerate(captions)
+    ]
+    stage_1 = CompressedVLMDataCollator(processor, template="plain")(records)
+    for row, caption in enumerate(captions):
+        query = stage_1["query_input_ids"][row][stage_1["query_attention_mask"][row].bool()].tolist()
+        assert query == [tokenizer.bos_token_id], tokenizer.decode(query)
+        assert not set(query) & set(tokenizer(caption, add_special_tokens=False)["input_ids"])
+
+    stage_2 = CompressedVLMDataCollator(processor, template="vicuna_v1")(records)
+    queries = tokenizer.batch_decode(stage_2["query_input_ids"], skip_special_tokens=True)
+    assert queries == ["Describe the image briefly."] * 2
 
 
 def test_query_vector_is_the_final_normed_state_of_the_last_real_token(tiny):

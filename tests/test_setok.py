@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_models import sample_image
 from visual_token_compression import SeTokConfig
 from visual_token_compression.conversion.setok import convert_state_dict
+from visual_token_compression.modeling import setok as setok_modeling
 from visual_token_compression.modeling.setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
 from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
@@ -23,9 +25,14 @@ def images():
     return [Image.fromarray(noise), Image.fromarray(halves)]
 
 
+def contract_images():
+    """The images of the contract tests (tests/test_models.py): `sample_image` seeds 0 to 7, seed 2 at 24x50."""
+    return [sample_image(seed, size=(24, 50) if seed == 2 else (40, 30)) for seed in range(8)]
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    return build_tiny("setok", threshold=0.3)
+    return build_tiny("setok")
 
 
 def exact_count_logits(model, inputs, image_features, token_mask, strict=True):
@@ -139,15 +146,44 @@ def test_fallback_when_no_score_passes_and_single_token_otherwise():
     assert dpc_knn_cluster(x, k=8, threshold=0.5, fallback_num_tokens=16).num_tokens.tolist() == [1]
 
 
-def test_clustering_runs_in_fp32_under_bf16():
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+def test_tiny_defaults_give_several_clusters_on_the_contract_images(vision):
+    """The contract suite exercises unfilled-slot padding only if its images give 1 < L < max_image_tokens, and the
+    batched-generation pair (seeds 1 and 2) different counts."""
+    model, processor = build_tiny("setok", vision=vision)
+    inputs = processor(images=contract_images(), text=["<image>"] * 8, return_tensors="pt")
+    with torch.no_grad():
+        counts = model.model.get_image_outputs(inputs["pixel_values"]).num_tokens.tolist()
+    assert all(1 < count < model.config.max_image_tokens for count in counts), counts
+    assert counts[1] != counts[2], counts
+
+
+def test_clustering_runs_in_fp32_under_bf16(monkeypatch):
+    """Scores are compared with an absolute threshold: the bf16 model must cluster its (bf16) features exactly as
+    fp32 clustering of the same values does, or half precision would move patches between clusters."""
+    clustered = []
+
+    def recording_cluster(x, **kwargs):
+        clustered.append((x, kwargs))
+        return dpc_knn_cluster(x, **kwargs)
+
+    monkeypatch.setattr(setok_modeling, "dpc_knn_cluster", recording_cluster)
     model, processor = build_tiny("setok")
     model = model.to(torch.bfloat16)
-    inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    inputs = processor(images=contract_images(), text=[PROMPT] * 8, return_tensors="pt")
     with torch.no_grad():
         outputs = model.model.get_image_outputs(inputs["pixel_values"])
         logits = model(**inputs).logits
     assert outputs.scores.dtype == torch.float32 and outputs.image_features.dtype == torch.bfloat16
     assert torch.isfinite(logits).all()
+
+    features, settings = clustered[0]
+    assert features.dtype == torch.bfloat16
+    reference = dpc_knn_cluster(features.float(), **settings)
+    assert (reference.num_tokens > 1).all(), "a single cluster would make the comparison vacuous"
+    assert torch.equal(outputs.num_tokens, reference.num_tokens)
+    assert torch.equal(outputs.cluster_labels, reference.labels)
+    assert torch.equal(outputs.scores, reference.scores)
 
 
 def test_position_table_follows_the_tower_grid():
@@ -165,8 +201,8 @@ def test_position_table_follows_the_tower_grid():
     assert not torch.equal(table[0, 0, :16], table[1, 0, :16])
 
 
-def test_stage_one_gradients_reach_the_cluster_encoders_and_projector(tiny):
-    model, processor = build_tiny("setok", threshold=0.3)
+def test_stage_one_gradients_reach_the_cluster_encoders_and_projector():
+    model, processor = build_tiny("setok")
     model.train()
     inputs = processor(images=images()[:1], text=PROMPT + " Fine", return_tensors="pt")
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -37,6 +38,14 @@ def accepts_past_key_values(forward):
             kwargs["cache"] = kwargs.pop("past_key_values")
         return forward(*args, **kwargs)
 
+    # These releases' `generate` checks a user's cache argument against the signature under the old name.
+    signature = inspect.signature(forward)
+    renamed.__signature__ = signature.replace(
+        parameters=[
+            parameter.replace(name="past_key_values") if parameter.name == "cache" else parameter
+            for parameter in signature.parameters.values()
+        ]
+    )
     return renamed
 
 
