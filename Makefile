@@ -58,7 +58,8 @@ test-previous: install
 	test -x $(PREVIOUS_PY) || $(PYTHON) -m venv $(PREVIOUS_VENV)
 	$(PREVIOUS_PY) -m pip install -q $(PIP)
 	$(PREVIOUS_PY) -m pip install -q $(TORCH)
-	$(PREVIOUS_PY) -m pip install -q --no-deps -r $(LOCK) transformers==$(PREVIOUS_TRANSFORMERS)
+	$(PREVIOUS_PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PREVIOUS_PY) -m pip install -q --no-deps transformers==$(PREVIOUS_TRANSFORMERS)
 	$(PREVIOUS_PY) -m pip install -q --no-deps -e .
 	$(PREVIOUS_PY) -m pytest -q -p no:cacheprovider
 
