@@ -49,7 +49,7 @@ def _push(args) -> int:
 
     model = AutoModelForImageTextToText.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
-    card = {"base_models": args.base_model, "license": args.license}
+    card = {"base_models": args.base_model or (), "license": args.license}  # None without any --base-model
     if args.local_dir:
         print(save_for_hub(model, processor, args.local_dir, **card))
     else:

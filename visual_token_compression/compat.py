@@ -59,6 +59,9 @@ TIED_LM_HEAD = (
     {"lm_head.weight": "model.language_model.embed_tokens.weight"} if TRANSFORMERS_V5 else ["lm_head.weight"]
 )
 
+# Tensor parallelism of the LM head, as Llava's (5.x) and Llama's (4.57): column-sharded, logits gathered whole.
+LM_HEAD_TP_PLAN = {"lm_head": "colwise_gather_output" if TRANSFORMERS_V5 else "colwise_rep"}
+
 
 def flat_vision_tower_key_mapping(model) -> dict[str, str]:
     """4.57 loading: `key_mapping` that puts 5.x's flat tower keys back under the tower's `vision_model.` level.

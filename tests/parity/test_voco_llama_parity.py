@@ -77,7 +77,9 @@ def model_for(case, attn_implementation: str) -> VoCoLlamaForConditionalGenerati
     missing, unexpected = model.load_state_dict(converted, strict=False)
     assert not unexpected and all(key.startswith("model.vision_tower.") for key in missing), (missing, unexpected)
     # The stub tower of the fixtures: "pixel_values" are already the tower's patch features.
-    model.model.get_image_features = lambda pixel_values: model.model.compressor(VisionFeatures(pixel_values))
+    model.model.get_compressed_image_features = lambda pixel_values: model.model.compressor(
+        VisionFeatures(pixel_values)
+    )
     return model
 
 
@@ -125,7 +127,7 @@ def test_training_forward_matches_original(name, attn_implementation):
     with torch.no_grad():
         embeds = model.get_input_embeddings()(input_ids)
         placeholders = model.model.get_placeholder_mask(input_ids, embeds)
-        features = model.model.get_image_features(case.tensors["inputs.images"])
+        features = model.model.get_compressed_image_features(case.tensors["inputs.images"])
         merged = model.model.merge_image_features(embeds, placeholders, features)
         outputs = model(
             input_ids=input_ids,

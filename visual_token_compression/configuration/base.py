@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import CONFIG_MAPPING, PretrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 # CLIP ViT-L/14-336, the tower of every released TokenPacker / QueCC / VoCo-LLaMA checkpoint.
 DEFAULT_VISION_CONFIG = {
@@ -47,7 +47,8 @@ class CompressedVLMConfig(PretrainedConfig):
     """
 
     model_type = "compressed_vlm"
-    sub_configs = {"vision_config": PretrainedConfig, "text_config": PretrainedConfig}
+    # As in LlavaConfig: each sub-config loads as its own class (CLIPVisionConfig, LlamaConfig, ...) by model_type.
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(
         self,

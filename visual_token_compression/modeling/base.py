@@ -6,16 +6,24 @@ CLIP/SigLIP tower and any decoder LLM work. A method only supplies its compresso
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.generation import LogitsProcessorList, SuppressTokensLogitsProcessor
+from transformers.generation.candidate_generator import (
+    AssistedCandidateGenerator,
+    AssistedCandidateGeneratorDifferentTokenizers,
+    PromptLookupCandidateGenerator,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from ..compat import (
     CACHE_NAME,
+    LM_HEAD_TP_PLAN,
     TIED_LM_HEAD,
     TRANSFORMERS_V5,
     accepts_past_key_values,
@@ -75,6 +83,9 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.compressor = self.compressor_class(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        # The compressor combines its submodules' outputs itself, so `device_map="auto"` must keep it on one device;
+        # `post_init` adds the tower's and the LLM's own unsplittable blocks, as for any composite model.
+        self._no_split_modules = [self.compressor_class.__name__]
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -83,21 +94,49 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
-        """Compressed features of every view, already at the LLM width: (views, tokens_per_view, hidden)."""
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **compressor_inputs,
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's output with the compressed features as `pooler_output`, as Llava's: one
+        (tokens_per_view, hidden) tensor per view, already at the LLM width. The tower's `hidden_states` are
+        computed anyway (the compressor reads them) but returned only on request."""
         vision_outputs = self.vision_tower(
-            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
+            pixel_values.to(self.vision_tower.dtype),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
+        image_features = self.compress(vision_outputs.hidden_states, **compressor_inputs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=list(image_features),
+            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
+            attentions=vision_outputs.attentions,
+        )
+
+    def compress(self, vision_hidden_states: tuple[torch.Tensor, ...], **compressor_inputs) -> torch.Tensor:
+        """The tower's hidden states -> the compressed features of every view, (views, tokens_per_view, hidden)."""
         features = select_vision_features(
-            vision_outputs.hidden_states,
+            vision_hidden_states,
             vision_feature_layer=self.config.vision_feature_layer,
             num_patches=self.config.vision_grid_size**2,
             multi_level_feature_layers=self.config.multi_level_feature_layers,
         )
         return self.compressor(features, **compressor_inputs)
 
+    def get_compressed_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
+        """What `forward` writes into the placeholders: `get_image_features`' `pooler_output` as one
+        (views, tokens_per_view, hidden) tensor."""
+        outputs = self.get_image_features(pixel_values, return_dict=True, **compressor_inputs)
+        return torch.stack(outputs.pooler_output)
+
     def blank_image_inputs(self) -> dict:
-        """`get_image_features` arguments for one blank view (see `anchor_image_path`)."""
+        """`get_compressed_image_features` arguments for one blank view (see `anchor_image_path`)."""
         size = self.config.vision_config.image_size
         channels = getattr(self.config.vision_config, "num_channels", 3)
         return {
@@ -108,7 +147,7 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         """Text-only training batches still run the vision path (on one blank view, added with weight zero), as
         LLaVA does: under ZeRO-3/FSDP every rank must gather the same parameters or the step hangs, and DDP
         must see the compressor used."""
-        features = self.get_image_features(**self.blank_image_inputs())
+        features = self.get_compressed_image_features(**self.blank_image_inputs())
         return inputs_embeds + 0.0 * features.sum().to(inputs_embeds.dtype)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -137,6 +176,22 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds)
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
 
+    def check_placeholders_have_images(self, input_ids: torch.LongTensor | None, cache: Cache | None):
+        """Placeholders in a prefill need pixel_values; after it they are generated text (the images are in the cache).
+
+        Skipped under torch.compile, where the cache length is data (a static cache) and the compiled steps decode.
+        """
+        if input_ids is None or self.config.image_token_id is None or torch.compiler.is_compiling():
+            return
+        if cache is not None and cache.get_seq_length() != 0:
+            return
+        num_placeholders = int((input_ids == self.config.image_token_id).sum())
+        if num_placeholders:
+            raise ValueError(
+                f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
+            )
+
+    @can_return_tuple
     @accepts_past_key_values
     def forward(
         self,
@@ -156,17 +211,12 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
         compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
         image_features = None
-        is_prefill = cache is None or cache.get_seq_length() == 0
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, **compressor_inputs)
+            image_features = self.get_compressed_image_features(pixel_values, **compressor_inputs)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
-        elif is_prefill and input_ids is not None and self.config.image_token_id is not None:
-            num_placeholders = int((input_ids == self.config.image_token_id).sum())
-            if num_placeholders:
-                raise ValueError(
-                    f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
-                )
+        else:
+            self.check_placeholders_have_images(input_ids, cache)
         if pixel_values is None and self.training and torch.is_grad_enabled():
             inputs_embeds = self.anchor_image_path(inputs_embeds)
 
@@ -193,6 +243,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     # Fields besides loss and logits are carried over from the base model's output by name.
     output_class = CompressedVLMCausalLMOutputWithPast
     _tied_weights_keys = TIED_LM_HEAD
+    _tp_plan = LM_HEAD_TP_PLAN
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -212,9 +263,13 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     def set_output_embeddings(self, value: nn.Module):
         self.lm_head = value
 
-    def get_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values, **compressor_inputs)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
 
+    def get_compressed_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
+        return self.model.get_compressed_image_features(pixel_values, **compressor_inputs)
+
+    @can_return_tuple
     @accepts_past_key_values
     def forward(
         self,
@@ -237,6 +292,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -246,7 +302,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         loss = None
         if labels is not None:
             loss = self.compute_loss(logits, labels, outputs, attention_mask=attention_mask, **kwargs)
-        carried = {field.name: getattr(outputs, field.name, None) for field in fields(self.output_class)}
+        # `__dataclass_fields__`, not `dataclasses.fields`: torch.compile cannot trace the latter on a class.
+        carried = {name: getattr(outputs, name, None) for name in self.output_class.__dataclass_fields__}
         return self.output_class(**{**carried, "loss": loss, "logits": logits})
 
     def compute_loss(self, logits, labels, outputs, attention_mask=None, **kwargs) -> torch.Tensor:
@@ -256,20 +313,36 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         )
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
-        """Pass image inputs at prefill only; decoding steps read them from the KV cache. (The cache travels in
-        `kwargs` under the installed release's name.)"""
+        """Pass image inputs until the cache holds the prompt: at the first step, and also at an assistant's prefill,
+        which `generate` runs as a later iteration. Decoding steps read the images from the KV cache. (The cache
+        travels in `kwargs` under the installed release's name; 4.57 has no `is_first_iteration`.)"""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
-        if TRANSFORMERS_V5:
-            first_step = bool(kwargs.get("is_first_iteration", False))
-        else:
-            cache_position = kwargs.get("cache_position")
-            first_step = cache_position is None or int(cache_position[0]) == 0
-        keep = first_step or not kwargs.get("use_cache", True)
+        cache = kwargs.get(CACHE_NAME)
+        keep = (
+            kwargs.get("is_first_iteration")
+            or not kwargs.get("use_cache", True)
+            or cache is None
+            or cache.get_seq_length() == 0
+        )
         for name in ("pixel_values", *self.model_class.compressor_input_names):
             if keep:
                 model_inputs[name] = kwargs.get(name)
             else:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        """Keep image placeholders out of drafts (prompt lookup copies them from the prompt): the verifying forward
+        would take them for image slots. Drafts are only proposals, so the generated text is unchanged."""
+        candidate_generator = super()._get_candidate_generator(*args, **kwargs)
+        same_vocabulary = isinstance(
+            candidate_generator, (AssistedCandidateGenerator, PromptLookupCandidateGenerator)
+        ) and not isinstance(candidate_generator, AssistedCandidateGeneratorDifferentTokenizers)
+        if same_vocabulary and self.config.image_token_id is not None:
+            no_placeholders = SuppressTokensLogitsProcessor([self.config.image_token_id], device=self.device)
+            candidate_generator.logits_processor = LogitsProcessorList(
+                [*(candidate_generator.logits_processor or []), no_placeholders]
+            )
+        return candidate_generator

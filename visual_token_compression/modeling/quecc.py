@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..compat import accepts_past_key_values
 from ..configuration.quecc import QueCCConfig
-from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel
+from .base import CompressedVLMCausalLMOutputWithPast, CompressedVLMForConditionalGeneration, CompressedVLMModel
 from .layers import GeluMLP, LocalCrossAttention
 from .vision import VisionFeatures
 
@@ -87,6 +90,7 @@ class QueCCModel(CompressedVLMModel):
 
     config_class = QueCCConfig
     compressor_class = QueCCCompressor
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
     compressor_input_names = ("query_input_ids", "query_attention_mask")
 
     @torch.no_grad()
@@ -127,7 +131,9 @@ class QueCCModel(CompressedVLMModel):
         pixel_values: torch.Tensor,
         query_input_ids: torch.LongTensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """As the base's, with each view compressed for its own question (`kwargs`: the base's options)."""
         if query_input_ids is None:
             raise ValueError(
                 "QueCC compresses each image for a question: pass query_input_ids (and query_attention_mask), "
@@ -139,23 +145,42 @@ class QueCCModel(CompressedVLMModel):
                 f"{pixel_values.shape[0]} images."
             )
         query_embeds = self.get_query_embeds(query_input_ids, query_attention_mask)
-        return super().get_image_features(pixel_values, query_embeds=query_embeds)
+        return super().get_image_features(pixel_values, query_embeds=query_embeds, **kwargs)
 
 
 class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = QueCCConfig
     model_class = QueCCModel
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         query_input_ids: torch.LongTensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> CompressedVLMCausalLMOutputWithPast:
         """The base forward; the query inputs are named here because `generate` only passes named arguments."""
         if query_input_ids is not None:
             kwargs.update(query_input_ids=query_input_ids, query_attention_mask=query_attention_mask)
-        return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )

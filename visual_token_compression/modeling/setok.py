@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from ..compat import CACHE_NAME, accepts_past_key_values, output_cache
 from ..configuration.setok import SeTokConfig
@@ -189,26 +190,45 @@ def positions_of_kept_tokens(attention_mask: torch.Tensor) -> torch.LongTensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def unfilled_image_slots(
+    cache: Cache | None, attention_mask: torch.Tensor | None, query_length: int
+) -> torch.BoolTensor | None:
+    """The image slots that prefills on `cache` left unfilled, over the sequence `attention_mask` covers (without one,
+    the cache's and `query_length` new tokens); None when no prefill recorded any. Recorded on the cache so that
+    they stay masked in any later mask, e.g. the user's own when generation continues from a returned cache."""
+    unfilled = getattr(cache, "unfilled_image_slots", None)
+    if unfilled is None:
+        return None
+    length = attention_mask.shape[1] if attention_mask is not None else int(cache.get_seq_length()) + query_length
+    return F.pad(unfilled[:, :length], (0, max(length - unfilled.shape[1], 0)))
+
+
 class SeTokModel(CompressedVLMModel):
     config_class = SeTokConfig
     compressor_class = SeTokCompressor
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def get_image_outputs(self, pixel_values: torch.Tensor) -> SeTokCompressorOutput:
         """The compressor's full output: padded features, which slots are filled, the clusters."""
         vision_outputs = self.vision_tower(
             pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
         )
+        return self.cluster(vision_outputs.hidden_states)
+
+    def cluster(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> SeTokCompressorOutput:
+        """`get_image_outputs` from the tower's hidden states; SeTok reads the single level only."""
         features = select_vision_features(
-            vision_outputs.hidden_states,
+            vision_hidden_states,
             vision_feature_layer=self.config.vision_feature_layer,
             num_patches=self.config.vision_grid_size**2,
         )
         return self.compressor(features)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def compress(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """(views, max_image_tokens, text_hidden): each view's cluster tokens first, then zeros."""
-        return self.get_image_outputs(pixel_values).image_features
+        return self.cluster(vision_hidden_states).image_features
 
+    @can_return_tuple
     @accepts_past_key_values
     def forward(
         self,
@@ -222,37 +242,41 @@ class SeTokModel(CompressedVLMModel):
         **kwargs,
     ) -> SeTokModelOutputWithPast:
         """As the base, but with images the unfilled placeholder slots are masked out and position ids recomputed
-        over the kept tokens (any `position_ids` given count those slots, so they are replaced). Without images
-        (decoding), missing position ids are likewise counted over the 2-D mask's kept tokens."""
+        over the kept tokens (any `position_ids` given count those slots, so they are replaced). The slots are
+        recorded on the cache and stay masked in every later 2-D mask; missing position ids are likewise counted
+        over the kept tokens. (A 4-D mask comes from `generate`, built from a 2-D mask that is already masked.)"""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         batch, length = inputs_embeds.shape[:2]
 
-        image_outputs = None
+        image_outputs = unfilled = None
+        if attention_mask is None or attention_mask.ndim == 2:
+            unfilled = unfilled_image_slots(cache, attention_mask, length)
         if pixel_values is not None:
             image_outputs = self.get_image_outputs(pixel_values)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.image_features)
             if attention_mask is not None and attention_mask.ndim != 2:
                 raise ValueError(
-                    "SeTok masks unfilled image slots in a 2-D attention mask; got a "
-                    f"{attention_mask.ndim}-D one (a static/compiled cache builds 4-D masks: use the dynamic cache)."
+                    f"SeTok masks unfilled image slots in a 2-D attention mask; got a {attention_mask.ndim}-D one."
                 )
-            unfilled = torch.zeros_like(placeholder_mask)
-            unfilled[placeholder_mask] = ~image_outputs.token_mask.flatten()
+            slots = torch.zeros_like(placeholder_mask)
+            slots[placeholder_mask] = ~image_outputs.token_mask.flatten()
             if attention_mask is None:
-                attention_mask = torch.ones((batch, length), dtype=torch.long, device=inputs_embeds.device)
-            attention_mask = attention_mask * ~unfilled
-            position_ids = positions_of_kept_tokens(attention_mask)
-        elif input_ids is not None and self.config.image_token_id is not None:
-            is_prefill = cache is None or cache.get_seq_length() == 0
-            num_placeholders = int((input_ids == self.config.image_token_id).sum()) if is_prefill else 0
-            if num_placeholders:
-                raise ValueError(
-                    f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
-                )
+                past_length = int(cache.get_seq_length()) if cache is not None else 0
+                attention_mask = torch.ones((batch, past_length + length), dtype=torch.long, device=slots.device)
+            past_length = attention_mask.shape[1] - length
+            earlier = slots.new_zeros(batch, past_length) if unfilled is None else unfilled[:, :past_length]
+            unfilled = torch.cat([earlier, slots], dim=1)
+            position_ids = None  # given ones count the unfilled slots
+        else:
+            self.check_placeholders_have_images(input_ids, cache)
+        if unfilled is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones(unfilled.shape, dtype=torch.long, device=inputs_embeds.device)
+            attention_mask = attention_mask * ~unfilled.to(attention_mask.device)
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
         if pixel_values is None and self.training and torch.is_grad_enabled():
@@ -265,9 +289,12 @@ class SeTokModel(CompressedVLMModel):
             use_cache=use_cache,
             **{**kwargs, CACHE_NAME: cache, "return_dict": True},
         )
+        cache = output_cache(outputs)
+        if cache is not None and image_outputs is not None:
+            cache.unfilled_image_slots = unfilled
         return SeTokModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            **{CACHE_NAME: output_cache(outputs)},
+            **{CACHE_NAME: cache},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=None if image_outputs is None else image_outputs.image_features,
@@ -297,11 +324,19 @@ class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = SeTokConfig
     model_class = SeTokModel
     output_class = SeTokCausalLMOutputWithPast
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
-    def compute_loss(self, logits, labels, outputs, attention_mask=None, **kwargs) -> torch.Tensor:
-        """Each kept token predicts the next *kept* token: the last cluster token predicts the first text token."""
+    def compute_loss(self, logits, labels, outputs, attention_mask=None, shift_labels=None, **kwargs) -> torch.Tensor:
+        """Each kept token predicts the next *kept* token: the last cluster token predicts the first text token.
+
+        Given `shift_labels` (position t holds the label of token t + 1, as context parallelism passes them) are
+        moved the same way, so they give the loss of the labels they shift.
+        """
         mask = outputs.attention_mask if outputs.attention_mask is not None else attention_mask
-        shift_labels = None if mask is None else labels_of_next_kept_token(labels, mask)
+        if mask is not None:
+            if shift_labels is not None:
+                labels = F.pad(shift_labels[:, :-1], (1, 0), value=-100)
+            shift_labels = labels_of_next_kept_token(labels, mask)
         return self.loss_function(
             logits=logits,
             labels=labels,
@@ -310,9 +345,21 @@ class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
             **kwargs,
         )
 
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
-        """Carry the prefill's mask and positions (unfilled slots removed) into every decoding step."""
-        for name in ("attention_mask", "position_ids"):
-            if getattr(outputs, name, None) is not None:
-                model_kwargs[name] = getattr(outputs, name)
-        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
+        """Mask the image slots an earlier prefill left unfilled (recorded on the cache) in the mask of every later
+        step, and count positions over the kept tokens, before `generate` turns the mask 4-D for a static cache. The
+        prefill itself takes the 2-D mask, into which it writes the slots it leaves unfilled."""
+        cache = kwargs.get(CACHE_NAME)
+        if getattr(cache, "unfilled_image_slots", None) is not None:
+            if attention_mask is None:  # `generate` drops an all-ones mask; its position ids still span the sequence
+                position_ids = kwargs.get("position_ids")
+                length = input_ids.shape[1] if position_ids is None else position_ids.shape[-1]
+                attention_mask = torch.ones((input_ids.shape[0], length), dtype=torch.long, device=input_ids.device)
+            attention_mask = attention_mask * ~unfilled_image_slots(cache, attention_mask, 0).to(input_ids.device)
+            kwargs["position_ids"] = positions_of_kept_tokens(attention_mask)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        if model_inputs.get("pixel_values") is not None:
+            model_inputs["attention_mask"] = attention_mask
+        return model_inputs

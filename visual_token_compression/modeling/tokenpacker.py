@@ -73,8 +73,10 @@ class TokenPackerCompressor(nn.Module):
 class TokenPackerModel(CompressedVLMModel):
     config_class = TokenPackerConfig
     compressor_class = TokenPackerCompressor
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
 
 class TokenPackerForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = TokenPackerConfig
     model_class = TokenPackerModel
+    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)

@@ -8,7 +8,9 @@ Training uses the rule as a mask; inference drops the sealed columns from the ca
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMode
+from transformers.utils.generic import can_return_tuple
 
 from ..compat import CACHE_NAME, TRANSFORMERS_V5, accepts_past_key_values, output_cache
 from ..configuration.voco_llama import VoCoLlamaConfig
@@ -106,6 +108,7 @@ class VoCoLlamaModel(CompressedVLMModel):
                 "{'text_config': 'sdpa', 'vision_config': 'flash_attention_2'}."
             )
 
+    @can_return_tuple
     @accepts_past_key_values
     def forward(
         self,
@@ -123,6 +126,11 @@ class VoCoLlamaModel(CompressedVLMModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         if attention_mask is not None and attention_mask.ndim != 2:
             raise ValueError("VoCo-LLaMA builds its own 4D attention mask; pass the 2D padding mask (batch, seq).")
+        if cache is not None and not isinstance(cache, DynamicCache):
+            raise ValueError(
+                f"VoCo-LLaMA needs a DynamicCache, got a {type(cache).__name__}: after the prefill it drops the sealed "
+                "image columns from the cache, which leaves a VoCoCache (a DynamicCache with fewer columns per row)."
+            )
         voco_mask = self.get_voco_mask(input_ids, inputs_embeds)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -135,7 +143,7 @@ class VoCoLlamaModel(CompressedVLMModel):
 
         image_features = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_compressed_image_features(pixel_values)
             inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
         elif placeholder_mask.any() and past_length == 0:
             raise ValueError(
@@ -222,9 +230,29 @@ class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
             )
         with torch.no_grad():
             outputs = self.model(
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_cache=True
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                use_cache=True,
+                return_dict=True,
             )
         return output_cache(outputs)
+
+    def _validate_generation_mode(self, generation_mode, generation_config, *args, **kwargs):
+        """Refuse, before any forward, the decoding methods a compressed cache cannot serve."""
+        super()._validate_generation_mode(generation_mode, generation_config, *args, **kwargs)
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                "VoCo-LLaMA does not support assisted or prompt-lookup decoding: they crop rejected draft tokens from "
+                "the cache, and its compressed cache (a VoCoCache, whose prompt has no per-token layout) cannot be "
+                "cropped."
+            )
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"VoCo-LLaMA does not support cache_implementation={generation_config.cache_implementation!r} (so "
+                "neither torch.compile's static cache): after the prefill it drops the sealed image columns from the "
+                "cache, which leaves a VoCoCache, a dynamic cache. Use the default dynamic cache."
+            )
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """As the base, and check that a reused compressed cache is the prefix of the prompt it is given with."""

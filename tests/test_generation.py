@@ -1,0 +1,122 @@
+"""Decoding methods beyond plain greedy `generate`, with images, for every model type: assisted and prompt-lookup
+decoding, continuing from a returned cache, beam search, dict outputs, the static cache and compiled decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CompileConfig
+
+from tests.test_models import VARIANTS, chat, sample_image
+from visual_token_compression.compat import CACHE_NAME
+from visual_token_compression.tiny import build_tiny
+
+IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
+GREEDY = {"do_sample": False, "max_new_tokens": 8}
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=IDS)
+def variant(request):
+    """(name, config kwargs, tiny model, processor, one prompt with an image, its plain greedy output)."""
+    name, kwargs = request.param
+    model, processor = build_tiny(name, **kwargs)
+    inputs = processor(images=sample_image(), text=chat(processor, "What is in the picture?"), return_tensors="pt")
+    return name, kwargs, model, processor, inputs, model.generate(**inputs, **GREEDY)
+
+
+def left_padded_batch(processor):
+    processor.tokenizer.padding_side = "left"
+    images = [sample_image(1), sample_image(2, size=(24, 50))]
+    prompts = [chat(processor, "Describe it."), chat(processor, "What colour is the object on the far left side?")]
+    return images, prompts, processor(images=images, text=prompts, return_tensors="pt")
+
+
+def test_assisted_and_prompt_lookup_decoding_equal_greedy(variant):
+    """The assistant's own prefill runs as a later iteration of `generate` and still needs the images; prompt lookup
+    drafts copy placeholders from the prompt, which must not be taken for image slots."""
+    name, kwargs, model, _, inputs, greedy = variant
+    other_assistant, _ = build_tiny(name, seed=1, **kwargs)
+    methods = {
+        "other assistant": {"assistant_model": other_assistant},
+        "self assistant": {"assistant_model": model},
+        "prompt lookup": {"prompt_lookup_num_tokens": 3},
+    }
+    for method, method_kwargs in methods.items():
+        if name == "voco_llama":
+            with pytest.raises(ValueError, match="assisted or prompt-lookup decoding.*cannot be cropped"):
+                model.generate(**inputs, **method_kwargs, **GREEDY)
+        else:
+            assert torch.equal(model.generate(**inputs, **method_kwargs, **GREEDY), greedy), method
+
+
+def test_continuing_from_a_returned_cache_equals_one_pass(variant):
+    """The continuation's mask is the user's own, all ones: SeTok's unfilled image slots must stay masked anyway."""
+    _, _, model, _, inputs, _ = variant
+    dict_greedy = {**GREEDY, "max_new_tokens": 3, "return_dict_in_generate": True, "output_scores": True}
+    first = model.generate(**inputs, **dict_greedy)
+    input_ids = torch.cat([first.sequences, torch.tensor([[70, 71]])], dim=1)
+    attention_mask = torch.ones_like(input_ids)
+    continued = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, **{CACHE_NAME: first[CACHE_NAME]}, **dict_greedy
+    )
+    one_pass = model.generate(**{**inputs, "input_ids": input_ids, "attention_mask": attention_mask}, **dict_greedy)
+    assert torch.equal(continued.sequences, one_pass.sequences)
+    for continued_scores, one_pass_scores in zip(continued.scores, one_pass.scores, strict=True):
+        torch.testing.assert_close(continued_scores, one_pass_scores, atol=1e-5, rtol=0)
+
+
+def test_generation_from_inputs_embeds_equals_from_input_ids(variant):
+    """`generate` then holds only the new tokens in `input_ids` and drops the all-ones mask: SeTok must still mask
+    its unfilled slots over the whole sequence, also with a static cache."""
+    name, _, model, _, inputs, greedy = variant
+    embeds = {"inputs_embeds": model.get_input_embeddings()(inputs["input_ids"])}
+    rest = {key: value for key, value in inputs.items() if key != "input_ids"}
+    for cache_implementation in [None] if name == "voco_llama" else [None, "static"]:
+        generated = model.generate(**embeds, **rest, cache_implementation=cache_implementation, **GREEDY)
+        assert torch.equal(generated, greedy[:, inputs["input_ids"].shape[1] :]), cache_implementation
+
+
+def test_beam_search_batch_equals_one_by_one(variant):
+    _, _, model, processor, _, _ = variant
+    images, prompts, batch = left_padded_batch(processor)
+    beams = {**GREEDY, "max_new_tokens": 5, "num_beams": 2}
+    batched = model.generate(**batch, **beams)
+    for row, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        alone = model.generate(**processor(images=image, text=prompt, return_tensors="pt"), **beams)
+        assert batched[row, -5:].tolist() == alone[0, -5:].tolist()
+
+
+def test_dict_outputs_hold_the_greedy_tokens_their_scores_and_the_cache(variant):
+    _, _, model, _, inputs, greedy = variant
+    outputs = model.generate(**inputs, **GREEDY, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(outputs.sequences, greedy)
+    new_tokens = outputs.sequences[:, inputs["input_ids"].shape[1] :]
+    assert len(outputs.scores) == new_tokens.shape[1]
+    assert torch.equal(torch.stack(outputs.scores, dim=1).argmax(-1), new_tokens)
+    assert outputs[CACHE_NAME].get_seq_length() == outputs.sequences.shape[1] - 1
+
+
+def test_static_cache_equals_dynamic_and_decoding_compiles_fullgraph(variant):
+    """Batched and left-padded, so that the static cache's 4-D masks carry padding (and SeTok's unfilled slots).
+    The backend runs the traced graph as it is, which keeps the test fast: `fullgraph=True` fails at tracing already
+    (inductor's code generation was checked by hand: same tokens)."""
+    name, _, model, processor, _, _ = variant
+    _, _, batch = left_padded_batch(processor)
+    if name == "voco_llama":
+        with pytest.raises(ValueError, match="cache_implementation='static'"):
+            model.generate(**batch, cache_implementation="static", **GREEDY)
+        return
+    graphs = []
+
+    def count_graphs(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compile_config = CompileConfig(fullgraph=True, backend=count_graphs, mode=None)
+    compile_config._compile_all_devices = True  # transformers' switch to compile on CPU too, as its own tests do
+    dynamic = model.generate(**batch, **GREEDY)
+    assert torch.equal(model.generate(**batch, cache_implementation="static", **GREEDY), dynamic)
+    compiled = model.generate(**batch, cache_implementation="static", compile_config=compile_config, **GREEDY)
+    assert graphs, "generate did not compile the decoding step"
+    assert torch.equal(compiled, dynamic)
+    assert type(model)._can_compile_fullgraph
