@@ -45,10 +45,10 @@ def test_vicuna_v1_chat_template(processor):
     ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt == (
-        f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: And its colour? ASSISTANT:"
+        f"<s>{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: And its colour? ASSISTANT:"
     )
     system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert processor.apply_chat_template(system, tokenize=False) == "Be brief. USER: Hi "
+    assert processor.apply_chat_template(system, tokenize=False) == "<s>Be brief. USER: Hi "
 
 
 def test_processor_round_trip_keeps_template_and_count(processor, tmp_path):

@@ -193,14 +193,18 @@ def test_the_question_changes_the_visual_tokens_without_gradient_into_the_llm(ti
     model, processor = tiny
     pixels = processor(images=noise_image(0), text="<image>", return_tensors="pt")["pixel_values"]
     queries = processor.tokenizer(["What colour?", "How many?"], padding=True, return_tensors="pt")
-    features = model.model.get_image_features(
-        pixels.expand(2, -1, -1, -1), queries["input_ids"], queries["attention_mask"]
+    features = model.model.get_compressed_image_features(
+        pixels.expand(2, -1, -1, -1),
+        query_input_ids=queries["input_ids"],
+        query_attention_mask=queries["attention_mask"],
     )
     assert (features[0] - features[1]).abs().max() > 0.05 * features.abs().max()
     with torch.enable_grad():
         model.train()
         try:
-            features = model.model.get_image_features(pixels, queries["input_ids"][:1], queries["attention_mask"][:1])
+            features = model.model.get_compressed_image_features(
+                pixels, query_input_ids=queries["input_ids"][:1], query_attention_mask=queries["attention_mask"][:1]
+            )
             features.sum().backward()
         finally:
             model.eval()

@@ -104,7 +104,7 @@ def test_chat_template_is_the_original_prompt(tiny):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe\nit."}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert prompt == (
-        "<image>\nA chat between a curious user and an artificial intelligence assistant of the image. The assistant "
+        "<s><image>\nA chat between a curious user and an artificial intelligence assistant of the image. The assistant "
         "gives helpful, detailed, and polite answers to the user's questions. USER: Describeit. ASSISTANT:"
     )
 

@@ -26,6 +26,7 @@ def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreT
         pad_token="<pad>",
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=4096,
+        padding_side="left",  # for batched generation; training collators choose their own side
     )
     tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
     return tokenizer
@@ -54,6 +55,7 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
         pad_token="<pad>",
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=4096,
+        padding_side="left",  # for batched generation; training collators choose their own side
     )
     tokenizer.add_tokens(["\n"])  # kept as a token (layout separators), where whitespace splitting would drop it
     tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)

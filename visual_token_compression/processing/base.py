@@ -1,25 +1,19 @@
 """Shared processor: images -> pixel_values, text -> input_ids with each `<image>` expanded to its placeholders."""
 
-from __future__ import annotations
-
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import MultiModalData
+from transformers.processing_utils import MultiModalData, ProcessingKwargs
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..compat import write_portable_tokenizer_class
 from .chat_templates import VICUNA_V1
 from .images import load_image
 
-TOKENIZER_KWARGS = (
-    "padding",
-    "truncation",
-    "max_length",
-    "padding_side",
-    "add_special_tokens",
-    "pad_to_multiple_of",
-    "return_offsets_mapping",
-)
+# No `from __future__ import annotations` here: transformers reads the kwargs TypedDicts' annotations as classes.
+
+
+class CompressedVLMProcessorKwargs(ProcessingKwargs, total=False):
+    _defaults = {}  # 4.57 reads it from every kwargs class; TypedDicts do not inherit class attributes
 
 
 def build_image_processor(vision_config):
@@ -50,11 +44,16 @@ class CompressedVLMProcessor(ProcessorMixin):
         image_token: the placeholder string.
         image_seq_length: placeholders per image (the compressed token count); methods with a variable count
             override `image_token_counts`.
+
+    Call kwargs follow transformers' processors: flat, or per modality in `text_kwargs` / `images_kwargs`, over the
+    tokenizer's own init defaults. A text that starts with the BOS token (as the chat template renders it) is
+    tokenized without the tokenizer adding a second one.
     """
 
     attributes = ["image_processor", "tokenizer"]
     image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
+    valid_processor_kwargs = CompressedVLMProcessorKwargs
 
     def __init__(
         self,
@@ -77,14 +76,27 @@ class CompressedVLMProcessor(ProcessorMixin):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """As transformers', with the tokenizer class written under a name 4.57 reads too (see `compat`). With
         `push_to_hub=True` the upload happens inside transformers' method, before that rename; `vtc push` and
-        `save_for_hub` upload after it."""
+        `save_for_hub` upload after it.
+
+        A fast tokenizer's backend keeps the truncation and padding of its last call, and transformers reloads them
+        as the tokenizer's defaults (which this processor applies): they are cleared first, so that one truncated
+        call (a training collator's) does not become every later call's `max_length`."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
         saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         write_portable_tokenizer_class(save_directory)
         return saved
 
     @classmethod
     def from_config(cls, config, tokenizer, image_processor=None, **kwargs):
-        """The processor matching a model config (placeholder count, tower resolution)."""
+        """The processor matching a model config (placeholder count, tower resolution).
+
+        The tokenizer is set to pad on the left, saved with it: batched generation (pipelines, evaluation
+        harnesses) then equals one by one. Training collators choose their own side.
+        """
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
         return cls(
             image_processor=image_processor or build_image_processor(config.vision_config),
             tokenizer=tokenizer,
@@ -105,14 +117,31 @@ class CompressedVLMProcessor(ProcessorMixin):
         counts = self.image_token_counts([tuple(size) for size in image_sizes])
         return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
 
-    def preprocess_images(self, images, return_tensors=None) -> dict:
+    def preprocess_images(self, images, **images_kwargs) -> dict:
         """Pixel tensors for the tower; methods that tile override this."""
-        return dict(self.image_processor(images, return_tensors=return_tensors))
+        return dict(self.image_processor(images, **images_kwargs))
 
-    def __call__(self, images=None, text=None, return_tensors=None, **kwargs) -> BatchFeature:
+    def extra_text_inputs(self, texts: list[str], num_images: int, text_kwargs: dict) -> dict:
+        """Inputs a method derives from the text besides its tokens (QueCC's questions), popping its own kwargs
+        from `text_kwargs`."""
+        return {}
+
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
         kwargs.update(kwargs.pop("processor_kwargs", None) or {})
         if text is None:
             raise ValueError("text is required: write one image token per image where the image belongs.")
+        output_kwargs = self._merge_kwargs(
+            self.valid_processor_kwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs = output_kwargs["text_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        # Flat processor kwargs on 5.x, mirrored into `text_kwargs` when passed; text kwargs on 4.57.
+        return_mm_token_type_ids = text_kwargs.pop(
+            "return_mm_token_type_ids", output_kwargs.get("return_mm_token_type_ids", False)
+        )
+        return_replacement_offsets = text_kwargs.pop(
+            "return_text_replacement_offsets", output_kwargs.get("return_text_replacement_offsets", False)
+        )
         texts = [text] if isinstance(text, str) else list(text)
         images = [load_image(image) for image in _flatten(images)]
 
@@ -121,18 +150,31 @@ class CompressedVLMProcessor(ProcessorMixin):
             raise ValueError(
                 f"The text holds {num_placeholders} {self.image_token!r} tokens but {len(images)} images were given."
             )
-        texts = self.expand_image_tokens(texts, images)
+        data = self.extra_text_inputs(texts, len(images), text_kwargs)
+        bos = self.tokenizer.bos_token
+        starts_with_bos = [bos is not None and sample.startswith(bos) for sample in texts]
+        if any(starts_with_bos) and "add_special_tokens" not in text_kwargs:
+            if not all(starts_with_bos):
+                raise ValueError(
+                    f"Some texts start with {bos!r} and others do not; pass add_special_tokens to say whether the "
+                    "tokenizer adds it."
+                )
+            text_kwargs["add_special_tokens"] = False
+        text_kwargs.setdefault("padding", len(texts) > 1)  # a batch can always become tensors
+        expanded, replacement_offsets = self._expand_image_tokens(texts, images)
 
-        tokenizer_kwargs = {name: kwargs[name] for name in TOKENIZER_KWARGS if name in kwargs}
-        tokenizer_kwargs.setdefault("padding", len(texts) > 1)
-        encoding = self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs)
+        encoding = self.tokenizer(expanded, **text_kwargs)
         encoding.pop("token_type_ids", None)
-        self._check_layout_kept(encoding["input_ids"], texts)
-
-        data = dict(encoding)
+        self._check_layout_kept(encoding["input_ids"], expanded)
+        data.update(encoding)
+        if return_mm_token_type_ids:
+            data["mm_token_type_ids"] = [[int(i == self.image_token_id) for i in ids] for ids in encoding["input_ids"]]
         if images:
-            data.update(self.preprocess_images(images, return_tensors=return_tensors))
-        return BatchFeature(data, tensor_type=return_tensors)
+            data.update(self.preprocess_images(images, **output_kwargs["images_kwargs"]))
+        outputs = BatchFeature(data, tensor_type=return_tensors)
+        if return_replacement_offsets:  # read by transformers' `apply_chat_template` for assistant masks
+            outputs["text_replacement_offsets"] = replacement_offsets
+        return outputs
 
     def image_text(self, image) -> str:
         """What one `<image>` of the text becomes: its placeholders (and, for some methods, layout text)."""
@@ -140,12 +182,32 @@ class CompressedVLMProcessor(ProcessorMixin):
 
     def expand_image_tokens(self, texts: list[str], images: list) -> list[str]:
         """Each `<image>` replaced by `image_text` of the next image, in order across the texts."""
+        return self._expand_image_tokens(texts, images)[0]
+
+    def _expand_image_tokens(self, texts: list[str], images: list) -> tuple[list[str], list[list[dict]]]:
+        """The expanded texts and, per text, where each `<image>` was and what replaced it (transformers'
+        `text_replacement_offsets`)."""
         remaining = iter(images)
-        expanded = []
+        expanded, offsets = [], []
         for sample in texts:
             pieces = sample.split(self.image_token)
-            expanded.append(pieces[0] + "".join(self.image_text(next(remaining)) + piece for piece in pieces[1:]))
-        return expanded
+            result, start, replacements = pieces[0], len(pieces[0]), []
+            for piece in pieces[1:]:
+                replacement = self.image_text(next(remaining))
+                replacements.append(
+                    {
+                        "type": "image",
+                        "span": (start, start + len(self.image_token)),
+                        "new_span": (len(result), len(result) + len(replacement)),
+                        "text": self.image_token,
+                        "replacement": replacement,
+                    }
+                )
+                result += replacement + piece
+                start += len(self.image_token) + len(piece)
+            expanded.append(result)
+            offsets.append(replacements)
+        return expanded, offsets
 
     def _check_layout_kept(self, input_ids, texts: list[str]):
         """Truncation that cuts through an image's tokens is an error, never a silently shifted layout."""

@@ -5,8 +5,11 @@ VICUNA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
-# LLaVA's `vicuna_v1` conversation: "SYSTEM USER: <image>\nQ ASSISTANT: A</s>USER: ... ASSISTANT:".
-# As LLaVA's preprocessing does, the image placeholders of a turn come first, each followed by a newline.
+# LLaVA's `vicuna_v1` conversation: "<s>SYSTEM USER: <image>\nQ ASSISTANT: A</s>USER: ... ASSISTANT:".
+# As LLaVA's preprocessing does, the image placeholders of a turn come first, each followed by a newline. The BOS
+# token is rendered, as in llava-hf's templates, so that tokenizing without special tokens (TRL) gives what inference
+# sees. `{% generation %}` marks each answer with the space before it and its EOS: what the training collator
+# supervises, and what `return_assistant_tokens_mask` (TRL's `assistant_only_loss`) reads.
 VICUNA_V1 = (
     "{%- set system = '" + VICUNA_V1_SYSTEM.replace("'", "\\'") + "' -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
@@ -15,15 +18,20 @@ VICUNA_V1 = (
     "| map(attribute='text') | join(' ') -%}{%- endif -%}"
     "{%- set messages = messages[1:] -%}"
     "{%- endif -%}"
+    "{%- macro render_content(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}"
+    "{%- for item in content if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endfor -%}"
+    "{%- for item in content if item['type'] == 'text' -%}{{- item['text'] -}}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{- bos_token or '' -}}"
     "{{- system + ' ' -}}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}{%- else -%}{{- 'ASSISTANT: ' -}}{%- endif -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endfor -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] -}}{%- endfor -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}{{- render_content(message['content']) -}}{{- ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT:' -}}"
+    "{% generation %}{{- ' ' -}}{{- render_content(message['content']) -}}{{- eos_token -}}{% endgeneration %}"
     "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{- ' ' -}}{%- else -%}{{- eos_token -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )

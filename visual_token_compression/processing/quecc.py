@@ -1,12 +1,22 @@
 """QueCC processor: the usual placeholders, plus the question each image is compressed for."""
 
-from __future__ import annotations
+from transformers.processing_utils import TextKwargs
 
-from transformers.feature_extraction_utils import BatchFeature
+from .base import CompressedVLMProcessor, CompressedVLMProcessorKwargs
 
-from .base import CompressedVLMProcessor, _flatten
+# No `from __future__ import annotations` here: transformers reads the kwargs TypedDicts' annotations as classes.
 
 _USER_PROBE, _ASSISTANT_PROBE = "\x00quecc-user\x00", "\x00quecc-assistant\x00"
+
+
+class QueCCTextKwargs(TextKwargs, total=False):
+    queries: str | list[str] | None
+
+
+class QueCCProcessorKwargs(CompressedVLMProcessorKwargs, total=False):
+    # A text kwarg, so that 4.57's kwargs merging (which knows no flat processor kwargs) routes it too.
+    text_kwargs: QueCCTextKwargs
+    _defaults = {}  # 4.57 reads it from every kwargs class; TypedDicts do not inherit class attributes
 
 
 class QueCCProcessor(CompressedVLMProcessor):
@@ -23,6 +33,8 @@ class QueCCProcessor(CompressedVLMProcessor):
     Questions are tokenized as raw text with the tokenizer's special tokens (BOS for Llama) and no chat template,
     as the original; an empty question is then BOS alone.
     """
+
+    valid_processor_kwargs = QueCCProcessorKwargs
 
     def turn_end_marker(self) -> str | None:
         """What the chat template writes between a user message and the assistant's reply ("ASSISTANT:")."""
@@ -49,22 +61,18 @@ class QueCCProcessor(CompressedVLMProcessor):
                 queries.append(tail.replace(self.image_token, "").strip())
         return queries
 
-    def __call__(self, images=None, text=None, return_tensors=None, queries=None, **kwargs) -> BatchFeature:
-        kwargs.update(kwargs.pop("processor_kwargs", None) or {})
-        queries = kwargs.pop("queries", queries)
-        encoding = super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
-        num_images = len(_flatten(images))
+    def extra_text_inputs(self, texts: list[str], num_images: int, text_kwargs: dict) -> dict:
+        queries = text_kwargs.pop("queries", None)
         if queries is None:
-            queries = self.extract_queries([text] if isinstance(text, str) else list(text))
+            queries = self.extract_queries(texts)
         elif isinstance(queries, str):
             queries = [queries]
         if len(queries) != num_images:
             raise ValueError(f"QueCC needs one query per image: got {len(queries)} queries for {num_images} images.")
-        if num_images:
-            query = self.tokenizer(list(queries), padding=True, return_tensors=return_tensors)
-            encoding["query_input_ids"] = query["input_ids"]
-            encoding["query_attention_mask"] = query["attention_mask"]
-        return encoding
+        if not num_images:
+            return {}
+        query = self.tokenizer(list(queries), padding=True)
+        return {"query_input_ids": query["input_ids"], "query_attention_mask": query["attention_mask"]}
 
     @property
     def model_input_names(self) -> list[str]:

@@ -7,6 +7,8 @@ bottom/right, row-major tiles, and a global view made by resizing the *padded ca
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
@@ -94,6 +96,8 @@ class TokenPackerImageProcessor(BaseImageProcessor):
         patch_num: the most tiles per image, 9, 16 or 25 (picks the original's candidate grid list).
         tile_size: side of one tile, the vision tower's `image_size` (336 for the released CLIP-L/14-336).
         image_mean, image_std: normalisation applied before resizing, as in the original (CLIP's by default).
+        do_rescale, rescale_factor: scaling of the pixel values before normalising (to [0, 1] by default); also
+            call arguments, as for every transformers image processor.
 
     `pixel_values` holds the views of every image, concatenated on dim 0 in order: tiles row-major, then the
     global view.
@@ -107,6 +111,8 @@ class TokenPackerImageProcessor(BaseImageProcessor):
         tile_size: int = 336,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,6 +124,8 @@ class TokenPackerImageProcessor(BaseImageProcessor):
         self.tile_size = tile_size
         self.image_mean = list(image_mean or OPENAI_CLIP_MEAN)
         self.image_std = list(image_std or OPENAI_CLIP_STD)
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, cols) of tiles for an image of this size."""
@@ -127,13 +135,19 @@ class TokenPackerImageProcessor(BaseImageProcessor):
         rows, cols = self.grid(height, width)
         return rows * cols + (rows * cols > 1)
 
-    def _normalize(self, pixels: np.ndarray) -> torch.Tensor:
+    def _normalize(
+        self, pixels: np.ndarray, do_rescale: bool | None = None, rescale_factor: float | None = None
+    ) -> torch.Tensor:
         """uint8 (C, H, W) -> float32, as torchvision's ToTensor + Normalize in the original."""
         mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None]
         std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None]
-        return (torch.from_numpy(pixels).float() / 255 - mean) / std
+        values = torch.from_numpy(pixels).float()
+        if self.do_rescale if do_rescale is None else do_rescale:
+            # A division, so that 1/255 gives ToTensor's exact values.
+            values = values / (1 / (self.rescale_factor if rescale_factor is None else rescale_factor))
+        return (values - mean) / std
 
-    def slice_image(self, image) -> torch.Tensor:
+    def slice_image(self, image, do_rescale: bool | None = None, rescale_factor: float | None = None) -> torch.Tensor:
         """(views, 3, tile_size, tile_size) float32 views of one image."""
         pixels = np.asarray(load_image(image)).transpose(2, 0, 1)  # a uint8 view: no full-size float copy
         height, width = pixels.shape[1:]
@@ -142,7 +156,8 @@ class TokenPackerImageProcessor(BaseImageProcessor):
 
         canvas = torch.zeros(3, rows * size, cols * size)  # zero in normalised space: the mean colour
         fitted_h, fitted_w = fit_size(height, width, rows * size, cols * size)
-        canvas[:, :fitted_h, :fitted_w] = resize_bilinear(pixels, (fitted_h, fitted_w), self._normalize)
+        normalize = functools.partial(self._normalize, do_rescale=do_rescale, rescale_factor=rescale_factor)
+        canvas[:, :fitted_h, :fitted_w] = resize_bilinear(pixels, (fitted_h, fitted_w), normalize)
         tiles = canvas.unflatten(1, (rows, size)).unflatten(3, (cols, size)).permute(1, 3, 0, 2, 4)
         views = [tiles.reshape(rows * cols, 3, size, size)]
         if rows * cols > 1:
@@ -154,13 +169,20 @@ class TokenPackerImageProcessor(BaseImageProcessor):
             views.append(global_view)
         return torch.cat(views)
 
-    def preprocess(self, images, return_tensors=None, **kwargs) -> BatchFeature:
+    def preprocess(
+        self,
+        images,
+        return_tensors=None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        **kwargs,
+    ) -> BatchFeature:
         if kwargs:
             raise TypeError(f"TokenPackerImageProcessor got unexpected arguments: {sorted(kwargs)}.")
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("No images were given.")
-        pixel_values = torch.cat([self.slice_image(image) for image in images])
+        pixel_values = torch.cat([self.slice_image(image, do_rescale, rescale_factor) for image in images])
         if return_tensors != "pt":
             pixel_values = pixel_values.numpy()
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)

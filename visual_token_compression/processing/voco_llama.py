@@ -11,8 +11,8 @@ VOCO_SYSTEM = (
 
 # The original's prompt (train_compress.py / model_vqa_loader.py): the Vicuna v1 conversation with the VoCo system
 # prompt, every image and every newline removed, and "<image>\n" put in front of everything, before the system
-# prompt. The processor turns each "<image>" into "<image>"*576 + "\n" + "<voco>"*k, which gives the original
-# "<image>\n<voco><voco>\nSYSTEM USER: ... ASSISTANT:".
+# prompt (after BOS). The processor turns each "<image>" into "<image>"*576 + "\n" + "<voco>"*k, which gives the
+# original "<s><image>\n<voco><voco>\nSYSTEM USER: ... ASSISTANT:". Answers are marked as in `VICUNA_V1`.
 VOCO_VICUNA_V1 = (
     "{%- set system = '" + VOCO_SYSTEM.replace("'", "\\'") + "' -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
@@ -21,18 +21,22 @@ VOCO_VICUNA_V1 = (
     "| map(attribute='text') | join(' ') -%}{%- endif -%}"
     "{%- set messages = messages[1:] -%}"
     "{%- endif -%}"
+    "{%- macro render_content(content) -%}"
+    "{%- if content is string -%}{{- content | replace('<image>', '') | replace('\\n', '') -}}"
+    "{%- else -%}"
+    "{%- for item in content if item['type'] == 'text' -%}{{- item['text'] | replace('\\n', '') -}}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{- bos_token or '' -}}"
     "{%- for message in messages if message['content'] is not string -%}"
     "{%- for item in message['content'] if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endfor -%}"
     "{%- endfor -%}"
     "{{- system | replace('\\n', '') + ' ' -}}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}{%- else -%}{{- 'ASSISTANT: ' -}}{%- endif -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] | replace('<image>', '') | replace('\\n', '') -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] | replace('\\n', '') -}}"
-    "{%- endfor -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}{{- render_content(message['content']) -}}{{- ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT:' -}}"
+    "{% generation %}{{- ' ' -}}{{- render_content(message['content']) -}}{{- eos_token -}}{% endgeneration %}"
     "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{- ' ' -}}{%- else -%}{{- eos_token -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
@@ -98,13 +102,13 @@ class VoCoLlamaProcessor(CompressedVLMProcessor):
             **kwargs,
         )
 
-    def __call__(self, images=None, text=None, return_tensors=None, **kwargs):
+    def __call__(self, images=None, text=None, **kwargs):
         texts = [text] if isinstance(text, str) else list(text or [])
         if any(self.voco_token in sample for sample in texts):
             raise ValueError(
                 f"Write only {self.image_token!r} in the text: the processor adds the {self.voco_token!r} tokens."
             )
-        return super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
+        return super().__call__(images=images, text=text, **kwargs)
 
     def image_text(self, image) -> str:
         return super().image_text(image) + "\n" + self.voco_token * self.num_voco_tokens

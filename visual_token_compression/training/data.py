@@ -63,6 +63,7 @@ class CompressedVLMDataCollator:
     Labels supervise only the template's assistant segments (answers and their EOS). A sample whose image is
     missing or unreadable, or whose image tokens would be cut by `model_max_length`, raises `SampleError` naming
     its index and path (`on_error="raise"`, the default), or is logged and left out of the batch (`"skip"`).
+    Batches are padded on `padding_side`, whatever the tokenizer's (left, for generation) is.
     """
 
     processor: object
@@ -70,12 +71,15 @@ class CompressedVLMDataCollator:
     model_max_length: int | None = None
     image_folder: str | None = None
     on_error: str = "raise"
+    padding_side: str = "right"
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
             raise ValueError(f"Unknown template {self.template!r}; choose one of {sorted(TEMPLATES)}.")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}.")
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', not {self.padding_side!r}.")
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         encoded = []
@@ -112,8 +116,9 @@ class CompressedVLMDataCollator:
         """One sample through the method's own processor, plus labels from the template's supervised spans."""
         processor = self.processor
         image = self._image(record)
+        tokenizer = processor.tokenizer
         segments = TEMPLATES[self.template](
-            record["conversations"], processor.image_token, processor.tokenizer.eos_token
+            record["conversations"], processor.image_token, tokenizer.eos_token, tokenizer.bos_token
         )
         texts = [text for text, _ in segments]
         placeholders = sum(text.count(processor.image_token) for text in texts)
@@ -130,7 +135,7 @@ class CompressedVLMDataCollator:
                 supervised_spans.append((cursor, cursor + len(text)))
             cursor += len(text)
 
-        max_length = self.model_max_length or processor.tokenizer.model_max_length
+        max_length = self.model_max_length or tokenizer.model_max_length
         # Tokenizers without a limit report a huge sentinel (int(1e30)) as model_max_length.
         kwargs = {"truncation": True, "max_length": max_length} if max_length < 1e9 else {}
         if image is not None and hasattr(processor, "extract_queries"):
@@ -151,10 +156,10 @@ class CompressedVLMDataCollator:
         return dict(features)
 
     def pad(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Token tensors (`*input_ids`, `*attention_mask`, `labels`) are padded on the tokenizer's side and stacked;
+        """Token tensors (`*input_ids`, `*attention_mask`, `labels`) are padded on `padding_side` and stacked;
         every other tensor (pixel values and other per-view inputs) is concatenated on its first dimension."""
         tokenizer = self.processor.tokenizer
-        left = tokenizer.padding_side == "left"
+        left = self.padding_side == "left"
         batch = {}
         for key in dict.fromkeys(key for sample in samples for key in sample):
             tensors = [sample[key] for sample in samples if key in sample]

@@ -1,8 +1,8 @@
 """Conversation templates for training: text segments, each marked as supervised (assistant) or not.
 
 `plain` (stage 1 of every original): the image followed by its caption; only the caption is supervised.
-`vicuna_v1` (stage 2): the Vicuna v1 chat the processors' chat template renders; only assistant turns and their
-EOS are supervised.
+`vicuna_v1` (stage 2): the Vicuna v1 chat the processors' chat template renders, BOS included (the processor then
+adds no second one); only assistant turns and their EOS are supervised.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def _image_first(text: str, image_token: str) -> str:
     return (image_token + "\n") * count + text.replace(image_token, "").strip()
 
 
-def plain(conversations: list[dict], image_token: str, eos_token: str) -> list[Segment]:
-    """`<image>` + caption + newline: the human turn is dropped, as in LLaVA's `preprocess_plain`."""
+def plain(conversations: list[dict], image_token: str, eos_token: str, bos_token: str | None) -> list[Segment]:
+    """`<image>` + caption + newline: the human turn is dropped, as in LLaVA's `preprocess_plain` (whose BOS the
+    tokenizer adds)."""
     turns = _turns(conversations)
     answers = [text for role, text in turns if role == "assistant"]
     if len(answers) != 1:
@@ -43,13 +44,13 @@ def plain(conversations: list[dict], image_token: str, eos_token: str) -> list[S
     return [(image_token * images, False), (answers[0] + "\n", True)]
 
 
-def vicuna_v1(conversations: list[dict], image_token: str, eos_token: str) -> list[Segment]:
-    """SYSTEM USER: <image>\\nQ ASSISTANT: A</s>USER: ... (the format of the processors' chat template)."""
+def vicuna_v1(conversations: list[dict], image_token: str, eos_token: str, bos_token: str | None) -> list[Segment]:
+    """<s>SYSTEM USER: <image>\\nQ ASSISTANT: A</s>USER: ... (the format of the processors' chat template)."""
     turns = _turns(conversations)
     system = VICUNA_V1_SYSTEM
     if turns and turns[0][0] == "system":
         system, turns = turns[0][1], turns[1:]
-    segments = [(system + " ", False)]
+    segments = [((bos_token or "") + system + " ", False)]
     for role, text in turns:
         if role == "user":
             segments.append(("USER: " + _image_first(text, image_token) + " ASSISTANT:", False))
@@ -59,4 +60,7 @@ def vicuna_v1(conversations: list[dict], image_token: str, eos_token: str) -> li
     return segments
 
 
-TEMPLATES: dict[str, Callable[[list[dict], str, str], list[Segment]]] = {"plain": plain, "vicuna_v1": vicuna_v1}
+TEMPLATES: dict[str, Callable[[list[dict], str, str, str | None], list[Segment]]] = {
+    "plain": plain,
+    "vicuna_v1": vicuna_v1,
+}

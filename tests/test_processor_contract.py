@@ -1,0 +1,321 @@
+"""What every model type's processor keeps to: transformers' kwargs handling, left padding for batched generation,
+one BOS on every path, and assistant answers marked in the chat template."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
+
+from tests.test_models import VARIANTS, sample_image
+from visual_token_compression.building import compose_vlm
+from visual_token_compression.processing.chat_templates import VICUNA_V1, VICUNA_V1_SYSTEM
+from visual_token_compression.processing.tokenpacker_hd import TokenPackerImageProcessor
+from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config, word_tokenizer
+from visual_token_compression.training import CompressedVLMDataCollator
+
+IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
+QUESTIONS = ("Hi?", "What colour is the object on the far left side?", "Describe it.")
+
+
+def greedy() -> dict:
+    """Pipeline settings, new for each call: some releases' pipelines write into `generate_kwargs`."""
+    return {"max_new_tokens": 8, "generate_kwargs": {"do_sample": False}}
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=IDS)
+def saved(request, tmp_path_factory):
+    """A tiny model of each variant with its processor, also saved to a folder."""
+    name, kwargs = request.param
+    model, processor = build_tiny(name, **kwargs)
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor, folder
+
+
+def user(question: str, image=None) -> dict:
+    picture = {"type": "image"} if image is None else {"type": "image", "image": image}
+    return {"role": "user", "content": [picture, {"type": "text", "text": question}]}
+
+
+def assistant(answer: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": answer}]}
+
+
+def prompt(processor, question: str) -> str:
+    return processor.apply_chat_template([user(question)], add_generation_prompt=True, tokenize=False)
+
+
+def bos_positions(processor, ids, mask=None) -> list[int]:
+    ids = torch.as_tensor(ids)
+    if mask is not None:
+        ids = ids[torch.as_tensor(mask).bool()]
+    return (ids == processor.tokenizer.bos_token_id).nonzero().flatten().tolist()
+
+
+# --- transformers' kwargs handling ----------------------------------------------------------------------------
+
+
+def test_structured_text_kwargs_are_applied(saved):
+    _, processor, _ = saved
+    images, texts = [sample_image(0), sample_image(1)], [prompt(processor, q) for q in QUESTIONS[:2]]
+    longest = processor(images=images, text=texts, return_tensors="pt")["input_ids"].shape[1]
+    padded = processor(
+        images=images,
+        text=texts,
+        return_tensors="pt",
+        text_kwargs={"padding": "max_length", "max_length": longest + 7},
+    )
+    assert padded["input_ids"].shape == (2, longest + 7)
+    assert isinstance(
+        processor(images=images, text=texts, text_kwargs={"return_tensors": "pt"})["input_ids"], torch.Tensor
+    )
+
+
+def test_images_kwargs_are_applied_structured_or_flat(saved):
+    _, processor, _ = saved
+    text = prompt(processor, "Hi?")
+
+    def pixels(**kwargs):
+        return processor(images=sample_image(2), text=text, return_tensors="pt", **kwargs)["pixel_values"]
+
+    unscaled = pixels(images_kwargs={"do_rescale": False})
+    torch.testing.assert_close(unscaled, pixels(images_kwargs={"rescale_factor": 1.0}), atol=0, rtol=0)
+    torch.testing.assert_close(unscaled, pixels(do_rescale=False), atol=0, rtol=0)
+    assert not torch.allclose(unscaled, pixels())
+
+
+def test_a_kwarg_given_flat_and_structured_is_an_error(saved):
+    _, processor, _ = saved
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(images=sample_image(0), text=prompt(processor, "Hi?"), padding=True, text_kwargs={"padding": True})
+
+
+def test_tokenizer_init_defaults_apply(saved):
+    _, processor, folder = saved
+    text = prompt(processor, "Hi?")
+    length = len(processor(images=sample_image(0), text=text)["input_ids"][0]) + 5
+    padded = copy.copy(processor)
+    padded.tokenizer = AutoTokenizer.from_pretrained(folder, padding="max_length", max_length=length)
+    assert len(padded(images=sample_image(0), text=text)["input_ids"][0]) == length
+
+
+def test_mm_token_type_ids_mark_the_image_tokens(saved):
+    _, processor, _ = saved
+    inputs = processor(
+        images=sample_image(0), text=prompt(processor, "Hi?"), return_mm_token_type_ids=True, return_tensors="pt"
+    )
+    assert torch.equal(inputs["mm_token_type_ids"].bool(), inputs["input_ids"] == processor.image_token_id)
+
+
+def test_quecc_queries_is_a_text_kwarg():
+    _, processor = build_tiny("quecc")
+    image, text = sample_image(0), prompt(processor, "Hi?")
+    queries = ["What is it?"]
+    flat = processor(images=image, text=text, queries=queries)["query_input_ids"]
+    assert flat != processor(images=image, text=text)["query_input_ids"]
+    assert processor(images=image, text=text, text_kwargs={"queries": queries})["query_input_ids"] == flat
+    assert processor(images=image, text=text, processor_kwargs={"queries": queries})["query_input_ids"] == flat
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(images=image, text=text, queries=queries, text_kwargs={"queries": queries})
+
+
+def test_hd_image_processor_rescales_as_told(tmp_path):
+    image_processor = TokenPackerImageProcessor(tile_size=16)
+    image = sample_image(0, size=(40, 20))  # 1x2 tiles and a global view
+
+    def pixels(processor=image_processor, **kwargs):
+        return processor(image, return_tensors="pt", **kwargs)["pixel_values"]
+
+    unscaled = pixels(do_rescale=False)
+    assert not torch.allclose(unscaled, pixels())
+    torch.testing.assert_close(pixels(rescale_factor=1.0), unscaled, atol=0, rtol=0)
+    TokenPackerImageProcessor(tile_size=16, do_rescale=False).save_pretrained(tmp_path)
+    torch.testing.assert_close(pixels(TokenPackerImageProcessor.from_pretrained(tmp_path)), unscaled, atol=0, rtol=0)
+
+
+# --- batched generation ---------------------------------------------------------------------------------------
+
+
+def conversations() -> list[list[dict]]:
+    """Three questions of different lengths about three images of different sizes."""
+    return [[user(question, sample_image(i, size=(40 + 10 * i, 30)))] for i, question in enumerate(QUESTIONS)]
+
+
+@pytest.mark.parametrize("source", ["in_memory", "folder"])
+def test_batched_pipeline_answers_equal_one_by_one(saved, source):
+    model, processor, folder = saved
+    if source == "in_memory":
+        generator = pipeline("image-text-to-text", model=model, processor=processor)
+    else:
+        generator = pipeline("image-text-to-text", model=str(folder))
+    alone = [generator(text=chat, **greedy())[0]["generated_text"][-1]["content"] for chat in conversations()]
+    batched = generator(text=conversations(), batch_size=3, **greedy())
+    assert [answer[0]["generated_text"][-1]["content"] for answer in batched] == alone
+
+
+def test_the_training_collator_pads_on_its_own_side(saved):
+    _, processor, _ = saved
+    records = [
+        {
+            "image": sample_image(0),
+            "conversations": [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": "A"}],
+        }
+        for q in QUESTIONS[:2]
+    ]
+    assert processor.tokenizer.padding_side == "left"
+    right = CompressedVLMDataCollator(processor)(records)
+    assert right["attention_mask"][:, 0].all() and not right["attention_mask"][:, -1].all()
+    left = CompressedVLMDataCollator(processor, padding_side="left")(records)
+    assert left["attention_mask"][:, -1].all() and not left["attention_mask"][:, 0].all()
+    assert right["attention_mask"].sum() == left["attention_mask"].sum()
+
+
+# --- chat template: assistant markers and BOS -----------------------------------------------------------------
+
+CHATS = [
+    [user("What is it?"), assistant("A cat."), {"role": "user", "content": "Colour?"}, assistant("Black.")],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ],
+    [user("Describe\nit.")],
+]
+
+
+def test_generation_markers_leave_the_rendered_text_unchanged(saved):
+    _, processor, _ = saved
+    template = processor.chat_template
+    assert re.search(r"\{%-?\s*generation\s*-?%\}", template), "TRL's assistant_only_loss needs the markers"
+    unmarked = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    for chat in CHATS:
+        for add_generation_prompt in (False, True):
+            settings = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+            rendered = processor.apply_chat_template(chat, **settings)
+            assert rendered == processor.apply_chat_template(chat, chat_template=unmarked, **settings)
+
+
+def test_assistant_mask_marks_exactly_the_answers(saved):
+    _, processor, _ = saved
+    chat = [
+        user("What is it?", sample_image(0)),
+        assistant("A cat."),
+        {"role": "user", "content": [{"type": "text", "text": "Colour?"}]},
+        assistant("Black."),
+    ]
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    runs, current = [], []
+    for token, marked in zip(ids, mask, strict=True):
+        if marked:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    runs += [current] if current else []
+    eos = processor.tokenizer.eos_token
+    assert [processor.tokenizer.decode(run) for run in runs] == [f" A cat.{eos}", f" Black.{eos}"]
+
+
+def test_trl_accepts_the_template_for_assistant_only_loss(saved):
+    from trl.chat_template_utils import has_generation_markers, is_chat_template_stop_token_trained
+
+    _, processor, _ = saved
+    assert has_generation_markers(processor.chat_template)
+    assert is_chat_template_stop_token_trained(processor)
+
+
+def test_assistant_mask_is_what_the_collator_supervises(saved):
+    _, processor, _ = saved
+    if processor.chat_template != VICUNA_V1:
+        pytest.skip("the collator's vicuna_v1 template renders the shared Vicuna chat template only")
+    image = sample_image(0)
+    chat = [
+        user("What is it?", image),
+        assistant("A cat."),
+        {"role": "user", "content": [{"type": "text", "text": "Colour?"}]},
+        assistant("Black."),
+    ]
+    record = {
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "Colour?"},
+            {"from": "gpt", "value": "Black."},
+        ],
+    }
+    batch = CompressedVLMDataCollator(processor, template="vicuna_v1")([record])
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert batch["input_ids"][0].tolist() == out["input_ids"][0]
+    assert (batch["labels"][0] != -100).tolist() == [bool(marked) for marked in out["assistant_masks"][0]]
+
+
+def test_one_bos_at_the_start_on_every_inference_path(saved):
+    _, processor, _ = saved
+    bos = processor.tokenizer.bos_token
+    rendered = prompt(processor, "Hi?")
+    assert rendered.startswith(bos) and rendered.count(bos) == 1
+    # What TRL tokenizes: the rendered text without special tokens.
+    assert bos_positions(processor, processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) == [0]
+    assert bos_positions(processor, processor(images=sample_image(0), text=rendered)["input_ids"][0]) == [0]
+    chat = [user("Hi?", sample_image(0))]
+    ids = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert bos_positions(processor, ids[0]) == [0]
+
+    texts = [prompt(processor, question) for question in QUESTIONS]
+    batch = processor(images=[sample_image(i) for i in range(3)], text=texts, return_tensors="pt")
+    for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        assert bos_positions(processor, row, mask) == [0]  # after the left padding
+    for row, mask in zip(batch.get("query_input_ids", []), batch.get("query_attention_mask", []), strict=True):
+        assert bos_positions(processor, row, mask) == [0]  # QueCC's questions, read from the rendered chat
+
+
+def test_a_batch_mixing_rendered_and_raw_texts_must_say_how_to_tokenize(saved):
+    _, processor, _ = saved
+    rendered = prompt(processor, "Hi?")
+    texts = [rendered, rendered.removeprefix(processor.tokenizer.bos_token)]
+    images = [sample_image(0), sample_image(1)]
+    with pytest.raises(ValueError, match="Some texts start with"):
+        processor(images=images, text=texts)
+    batch = processor(images=images, text=texts, add_special_tokens=False, return_tensors="pt")
+    rows = zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    assert [bos_positions(processor, ids, mask) for ids, mask in rows] == [[0], []]
+
+
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_one_bos_at_the_start_in_training(saved, template):
+    _, processor, _ = saved
+    record = {
+        "image": sample_image(0),
+        "conversations": [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Hello"}],
+    }
+    batch = CompressedVLMDataCollator(processor, template=template)([record])
+    assert bos_positions(processor, batch["input_ids"][0]) == [0]
+
+
+def test_demo_tokenizer_pads_left_and_gives_one_bos(tmp_path):
+    """The demo's path: a word-level tokenizer saved as the LLM's, loaded again and composed into a VLM."""
+    question = "What colour is the shape?"
+    word_tokenizer(
+        [VICUNA_V1_SYSTEM, "USER: ASSISTANT:", ",", question, "red"], extra_special_tokens=()
+    ).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    llm = LlamaForCausalLM(tiny_text_config(vocab_size=len(tokenizer)))
+    _, processor = compose_vlm("tokenpacker", tiny_vision_config(), llm, tokenizer, compressor_head_dim=8)
+    assert processor.tokenizer.padding_side == "left"
+    chat = [user(question, sample_image(0)), assistant("red")]
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert bos_positions(processor, out["input_ids"][0]) == [0]
+    record = {
+        "image": sample_image(0),
+        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": "red"}],
+    }
+    batch = CompressedVLMDataCollator(processor, template="vicuna_v1")([record])
+    assert batch["input_ids"][0].tolist() == out["input_ids"][0]
+    assert (batch["labels"][0] != -100).tolist() == [bool(marked) for marked in out["assistant_masks"][0]]
