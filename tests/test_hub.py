@@ -14,7 +14,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import pipeline
 from transformers.dynamic_module_utils import get_relative_import_files
 
@@ -75,7 +75,7 @@ def hub_folder(request, hub_folders):
 # The subprocess has no access to visual_token_compression: the editable install's finder sits in site-packages
 # (a .pth hook), so a meta-path blocker in front of it makes every import of the package fail. It loads every
 # variant's folder in turn (one interpreter start for all), with each Auto class, the pipeline and the card snippet.
-LOADER = """
+BLOCKER = """
 import json, sys
 
 class BlockPackage:
@@ -89,7 +89,10 @@ try:
     raise SystemExit("visual_token_compression is importable; the test would prove nothing")
 except ImportError:
     pass
-
+"""
+LOADER = (
+    BLOCKER
+    + """
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -124,6 +127,7 @@ for name, folder in json.loads(sys.argv[2]).items():
     }
 print(json.dumps(reports))
 """.replace("QUESTION", repr(QUESTION))
+)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +216,78 @@ def test_folder_holds_no_pickles_and_self_contained_code(hub_folder):
         for reference in mapping.values():
             module, _, class_name = reference.partition(".")
             assert module == ENTRY_MODULE and class_name in entry_names, reference
+
+
+# A folder written by `model.save_pretrained` alone (no `save_for_hub`): the model's auto classes as remote code.
+MODEL_LOADER = (
+    BLOCKER
+    + """
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+work, classes = sys.argv[1], {}
+for name, folder in json.loads(sys.argv[2]).items():
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(**load_file(f"{work}/{name}.inputs.safetensors")).logits
+    save_file({"logits": logits}, f"{work}/{name}.logits.safetensors")
+    classes[name] = [type(obj).__module__ + "." + type(obj).__name__ for obj in (config, model)]
+    classes[name] += sorted(name for name in sys.modules if name.startswith("visual_token_compression"))
+print(json.dumps(classes))
+"""
+)
+
+
+def test_save_pretrained_writes_the_hub_bundle(hub_folders, tmp_path):
+    """Every folder a model saves is Hub-ready: `model.save_pretrained` writes the code `save_for_hub` writes and
+    the model's `auto_map` (TRL's `SFTTrainer(model=folder)` needs it), and the folder loads as remote code where
+    the package is not installed."""
+    work, folders, expected = tmp_path / "work", {}, {}
+    work.mkdir()
+    for name, (model, processor, hub_folder) in hub_folders.items():
+        folder = tmp_path / f"saved_{name.replace('-', '_')}"
+        model.save_pretrained(folder)
+        code = {path.name: path.read_text() for path in folder.glob("*.py")}
+        assert code == {path.name: path.read_text() for path in hub_folder.glob("*.py")}, name
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert auto_map == json.loads((hub_folder / "config.json").read_text())["auto_map"], name
+        inputs = processor(
+            images=sample_image(),
+            text=processor.apply_chat_template(messages_for(), add_generation_prompt=True, tokenize=False),
+            return_tensors="pt",
+        )
+        save_file(dict(inputs), work / f"{name}.inputs.safetensors")
+        with torch.no_grad():
+            expected[name] = model(**inputs).logits
+        folders[name] = str(folder)
+
+    (work / "load.py").write_text(MODEL_LOADER)
+    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_MODULES_CACHE", None)
+    result = subprocess.run(
+        [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
+        capture_output=True, text=True, cwd=work, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, logits in expected.items():
+        config_class, model_class, *package_modules = reports[name]
+        assert config_class.startswith("transformers_modules.") and model_class.startswith("transformers_modules.")
+        assert package_modules == [], name
+        torch.testing.assert_close(load_file(work / f"{name}.logits.safetensors")["logits"], logits)
+
+
+def test_processor_save_pretrained_writes_its_auto_map(tmp_path):
+    """The processor's `save_pretrained` alone (it runs after the model's in `Trainer` checkpoints) writes the
+    bundle and its `auto_map`s: AutoProcessor, and AutoImageProcessor for TokenPacker-HD's tiler."""
+    _, processor = build_tiny("tokenpacker", patch_num=9)
+    processor.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "processor_config.json").read_text())
+    assert data["auto_map"]["AutoProcessor"] == f"{ENTRY_MODULE}.{type(processor).__name__}"
+    assert data["image_processor"]["auto_map"]["AutoImageProcessor"] == f"{ENTRY_MODULE}.TokenPackerImageProcessor"
+    assert (tmp_path / f"{ENTRY_MODULE}.py").is_file()
 
 
 def test_bundle_rejects_classes_outside_the_package():

@@ -59,6 +59,10 @@ def test_outputs_equal_a_sequence_with_exactly_n_tokens(tiny):
     inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="left")
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
     labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    # Under the standard shift the last left pad predicts a row's first token, as in any causal LM; the reference
+    # sequence has no position before its first token, so that label is ignored (TRL and training pad on the right).
+    first = inputs["attention_mask"].argmax(dim=1)
+    labels[torch.arange(labels.shape[0]), first] = -100
     with torch.no_grad():
         image_outputs = model.model.get_image_outputs(inputs["pixel_values"])
         output = model(**inputs, labels=labels)
@@ -85,10 +89,32 @@ def test_unfilled_slots_are_masked_and_skipped_by_positions(tiny):
         output = model(**inputs)
     placeholder = inputs["input_ids"][0] == model.config.image_token_id
     n = int(output.attention_mask[0][placeholder].sum())
-    assert output.attention_mask[0][placeholder].tolist() == [1] * n + [0] * (model.config.max_image_tokens - n)
+    unfilled = model.config.max_image_tokens - n
+    # The cluster tokens fill the LAST n slots: kept tokens stay contiguous with the text after the image.
+    assert output.attention_mask[0][placeholder].tolist() == [0] * unfilled + [1] * n
     kept = output.attention_mask[0].bool()
     assert output.position_ids[0][kept].tolist() == list(range(int(kept.sum())))
-    assert (output.image_hidden_states[0, n:] == 0).all()
+    assert (output.image_hidden_states[0, :unfilled] == 0).all()
+    assert (output.image_hidden_states[0, unfilled:] != 0).any(dim=-1).all()
+
+
+@pytest.mark.parametrize("label_placeholders", [False, True], ids=["placeholders-ignored", "placeholders-labelled"])
+def test_own_loss_is_the_standard_shifted_loss_of_its_logits(tiny, label_placeholders):
+    """What TRL (and any trainer computing the loss from the logits or hidden states) optimises: the plain shifted
+    next-token loss. The model's own loss must be that one, on a batch with unfilled slots and padding, both with
+    the placeholders' labels ignored (this package's collator) and kept (TRL's collator without assistant masks)."""
+    model, processor = tiny
+    inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="right")
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    if not label_placeholders:
+        labels = labels.masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    with torch.no_grad():
+        num_tokens = model.model.get_image_outputs(inputs["pixel_values"]).num_tokens
+        output = model(**inputs, labels=labels)
+    assert (num_tokens < model.config.max_image_tokens).all(), "the test needs unfilled slots"
+    logits = output.logits[:, :-1].flatten(0, 1).float()
+    standard = torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+    torch.testing.assert_close(output.loss, standard, atol=1e-6, rtol=1e-6)
 
 
 def test_batched_generate_equals_exact_count_sequences(tiny):

@@ -25,6 +25,8 @@ from .processing.quecc import QueCCProcessor
 from .processing.setok import SeTokProcessor
 from .processing.tokenpacker_hd import TokenPackerImageProcessor
 from .processing.voco_llama import VoCoLlamaProcessor
+from .remote_code import write_remote_code
+from .save_hooks import register_after_save
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class ModelType:
     tiny_config_kwargs: dict = field(default_factory=dict)
     # Special tokens besides `<image>` the method adds to an LLM's tokenizer: config field -> token.
     special_tokens: dict = field(default_factory=dict)
+    # This package's image processor the method may use (TokenPacker-HD's tiler), registered and bundled with it.
+    image_processor_class: type | None = None
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -64,8 +68,25 @@ MODEL_TYPES: dict[str, ModelType] = {
         TokenPackerForConditionalGeneration,
         TokenPackerProcessor,
         tiny_config_kwargs={"compressor_head_dim": 8},
+        image_processor_class=TokenPackerImageProcessor,
     ),
 }
+
+
+def model_type_of(obj) -> ModelType | None:
+    """The entry of a model (by its config's model_type) or of a processor (by its class) of this package."""
+    if isinstance(obj, transformers.PreTrainedModel):
+        return MODEL_TYPES.get(getattr(obj.config, "model_type", None))
+    exact = [entry for entry in MODEL_TYPES.values() if type(obj) is entry.processor_class]
+    subclass = [entry for entry in MODEL_TYPES.values() if isinstance(obj, entry.processor_class)]
+    return (exact or subclass or [None])[0]
+
+
+def write_remote_code_after_save(obj, folder) -> None:
+    """`save_pretrained` hook: every folder a model or processor of this package saves is Hub-ready."""
+    entry = model_type_of(obj)
+    if entry is not None:
+        write_remote_code(folder, entry, None if isinstance(obj, transformers.PreTrainedModel) else obj)
 
 
 def register_all() -> None:
@@ -79,11 +100,13 @@ def register_all() -> None:
         for auto_class in generation_autos:
             auto_class.register(entry.config_class, entry.for_generation_class, exist_ok=True)
         AutoProcessor.register(entry.config_class, entry.processor_class, exist_ok=True)
-    # TokenPacker-HD's tiler, so a saved processor finds it by its `image_processor_type`.
-    transformers.AutoImageProcessor.register(
-        TokenPackerConfig, slow_image_processor_class=TokenPackerImageProcessor, exist_ok=True
-    )
+        # TokenPacker-HD's tiler, so a saved processor finds it by its `image_processor_type`.
+        if entry.image_processor_class is not None:
+            transformers.AutoImageProcessor.register(
+                entry.config_class, slow_image_processor_class=entry.image_processor_class, exist_ok=True
+            )
     register_v5_names()
+    register_after_save(write_remote_code_after_save)
 
 
 register_all()

@@ -119,47 +119,78 @@ def _add_auto_map(data: dict, entries: dict[str, type]) -> None:
     data.setdefault("auto_map", {}).update({auto: f"{ENTRY_MODULE}.{cls.__name__}" for auto, cls in entries.items()})
 
 
-def write_remote_code(folder: str | Path, entry, processor) -> list[str]:
+def _image_processor_classes(entry, processor=None) -> list[type]:
+    """This package's image processors a model type may use (TokenPacker-HD's tiler), and the processor's own."""
+    candidates = [entry.image_processor_class, type(getattr(processor, "image_processor", None))]
+    ours = [cls for cls in candidates if cls is not None and cls.__module__.startswith(PACKAGE + ".")]
+    return list(dict.fromkeys(ours))
+
+
+def remote_classes(entry, processor=None) -> list[type]:
+    """Every class a model type's bundle holds: config, models, processor and image processors. The same for the
+    model's and the processor's `save_pretrained`, so that each writes the same entry module and their `auto_map`s
+    point to one copy of the code."""
+    processor_class = entry.processor_class if processor is None else type(processor)
+    image_processors = _image_processor_classes(entry, processor)
+    return list(
+        dict.fromkeys(
+            [entry.config_class, entry.model_class, entry.for_generation_class, processor_class, *image_processors]
+        )
+    )
+
+
+def write_remote_code(folder: str | Path, entry, processor=None) -> list[str]:
     """Write the code bundle of a model type into a `save_pretrained` folder and point its `auto_map`s at it.
 
+    Every config file present gets its `auto_map` (config.json: the model's auto classes and AutoProcessor; the
+    processor's files: AutoProcessor, and AutoImageProcessor where the saved image processor is one of this
+    package's), so the model's and the processor's `save_pretrained` each call it, in either order.
+
     Args:
-        folder: holds the model's and the processor's `save_pretrained` output.
+        folder: holds the model's and/or the processor's `save_pretrained` output.
         entry: the model type's `auto.ModelType`.
-        processor: the saved processor; its image processor is bundled too when it is one of ours (TokenPacker-HD).
+        processor: the saved processor, if any; its class is the one `AutoProcessor` maps to (default: the model
+            type's processor class).
 
     Returns:
         The names of the code files written.
     """
     folder = Path(folder)
-    image_processor = getattr(processor, "image_processor", None)
-    custom_image_processor = type(image_processor) if type(image_processor).__module__.startswith(PACKAGE) else None
+    classes = remote_classes(entry, processor)
+    processor_class = entry.processor_class if processor is None else type(processor)
     model_autos = {
         "AutoConfig": entry.config_class,
         "AutoModel": entry.model_class,
         "AutoModelForImageTextToText": entry.for_generation_class,
         # 4.57's older name for the same auto class; 5.x ignores keys it does not know.
         "AutoModelForVision2Seq": entry.for_generation_class,
-        "AutoProcessor": type(processor),
+        "AutoProcessor": processor_class,
     }
-    classes = list(dict.fromkeys([*model_autos.values(), *filter(None, [custom_image_processor])]))
     files = bundle_sources(classes)
     for name, source in files.items():
         (folder / name).write_text(source, encoding="utf-8")
 
-    _update_json(folder / "config.json", lambda config: _add_auto_map(config, model_autos))
-    processor_autos = {"AutoProcessor": type(processor)}
-    image_autos = {"AutoImageProcessor": custom_image_processor} if custom_image_processor else {}
+    if (folder / "config.json").exists():
+        _update_json(folder / "config.json", lambda config: _add_auto_map(config, model_autos))
+    processor_autos = {"AutoProcessor": processor_class}
+    image_processors = {cls.__name__: cls for cls in _image_processor_classes(entry, processor)}
+
+    def image_autos(image_processor_config: dict) -> dict:
+        cls = image_processors.get(image_processor_config.get("image_processor_type"))
+        return {"AutoImageProcessor": cls} if cls is not None else {}
+
     # 5.x nests the image processor in processor_config.json; 4.57 writes it to preprocessor_config.json.
     if (folder / "processor_config.json").exists():
 
         def update_processor(data):
             _add_auto_map(data, processor_autos)
-            if image_autos and isinstance(data.get("image_processor"), dict):
-                _add_auto_map(data["image_processor"], image_autos)
+            nested = data.get("image_processor")
+            if isinstance(nested, dict) and image_autos(nested):
+                _add_auto_map(nested, image_autos(nested))
 
         _update_json(folder / "processor_config.json", update_processor)
     if (folder / "preprocessor_config.json").exists():
         _update_json(
-            folder / "preprocessor_config.json", lambda data: _add_auto_map(data, processor_autos | image_autos)
+            folder / "preprocessor_config.json", lambda data: _add_auto_map(data, processor_autos | image_autos(data))
         )
     return sorted(files)

@@ -20,8 +20,9 @@ class SeTokConfig(CompressedVLMConfig):
     """SeTok: each view's patches are clustered (DPC-KNN) and every cluster becomes one token.
 
     The cluster count L depends on the image. The processor writes `max_image_tokens` placeholders per image; the
-    model fills the first L and masks the rest out of attention and position ids. Defaults are the original's
-    training defaults (SigLIP-so400m/14-384, last layer, k = 64, threshold 0.55, 2 heads, 2 + 2 attention layers).
+    model fills the last L and masks the unfilled ones before them out of attention and position ids. Defaults are
+    the original's training defaults (SigLIP-so400m/14-384, last layer, k = 64, threshold 0.55, 2 heads, 2 + 2
+    attention layers).
 
     Args:
         threshold: a patch whose score (density x distance to a denser patch) exceeds it becomes a cluster center.

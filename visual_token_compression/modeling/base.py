@@ -7,6 +7,7 @@ CLIP/SigLIP tower and any decoder LLM work. A method only supplies its compresso
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from ..compat import (
     output_cache,
 )
 from ..configuration.base import CompressedVLMConfig
+from ..save_hooks import run_after_save
 from .vision import select_vision_features
 
 
@@ -59,6 +61,17 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """As transformers', then the remote-code bundle and the `auto_map` of every auto class (see `remote_code`),
+        so that the folder loads with `trust_remote_code=True` where this package is not installed, and where it is
+        (TRL's `SFTTrainer(model=folder)` needs `auto_map` to pick the auto class of an architecture transformers
+        does not export). With `push_to_hub=True` the upload happens inside transformers' method, before that:
+        `push_to_hub()`, `vtc push` and `hub.push_to_hub` upload the complete folder."""
+        saved = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process and Path(save_directory, "config.json").is_file():
+            run_after_save(self, save_directory)
+        return saved
 
     if not TRANSFORMERS_V5:
 
@@ -299,18 +312,16 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
 
+        # The standard shifted next-token loss, for every method (SeTok lays out its unfilled image slots so that it
+        # is the right one): trainers that compute the loss from the hidden states themselves (TRL) get the same.
         loss = None
         if labels is not None:
-            loss = self.compute_loss(logits, labels, outputs, attention_mask=attention_mask, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
         # `__dataclass_fields__`, not `dataclasses.fields`: torch.compile cannot trace the latter on a class.
         carried = {name: getattr(outputs, name, None) for name in self.output_class.__dataclass_fields__}
         return self.output_class(**{**carried, "loss": loss, "logits": logits})
-
-    def compute_loss(self, logits, labels, outputs, attention_mask=None, **kwargs) -> torch.Tensor:
-        """Next-token loss; methods whose sequence skips positions (SeTok's unfilled slots) override it."""
-        return self.loss_function(
-            logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-        )
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """Pass image inputs until the cache holds the prompt: at the first step, and also at an assistant's prefill,

@@ -1,8 +1,12 @@
 """SeTok (Wu et al., ICLR 2025, arXiv 2406.05127): one token per semantic cluster of patches, a dynamic count.
 
-The processor writes `max_image_tokens` placeholders per image. The model fills the first L with the cluster
-tokens and removes the rest from the computation: their attention-mask entries are 0 and position ids count
-only kept tokens, so every kept position sees exactly what it would see in a sequence with L placeholders.
+The processor writes `max_image_tokens` placeholders per image. The model fills the LAST L with the cluster
+tokens and removes the unfilled ones before them from the computation: their attention-mask entries are 0 and
+position ids count only kept tokens, so every kept position sees exactly what it would see in a sequence with L
+placeholders. The kept tokens stay contiguous with the text after the image, so the standard shifted next-token
+loss (the model's own, and the one trainers such as TRL compute from the hidden states) is that of the sequence
+with L placeholders: the last cluster token predicts the first text token, and an unfilled slot only ever predicts
+an image placeholder's label.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from .vision import VisionFeatures, select_vision_features
 
 @dataclass
 class SeTokCompressorOutput(ModelOutput):
-    """image_features: (views, max_image_tokens, text_hidden), zeros after each view's `num_tokens`.
-    token_mask: (views, max_image_tokens) True for the filled slots. cluster_tokens: (views, L, token_feat_dim)
-    the SeTok tokens before the projector, L the batch's largest count. cluster_labels, scores: (views, patches).
+    """image_features: (views, max_image_tokens, text_hidden), each view's `num_tokens` cluster tokens in its last
+    slots, zeros before them. token_mask: (views, max_image_tokens) True for the filled (last `num_tokens`) slots.
+    cluster_tokens: (views, L, token_feat_dim) the SeTok tokens before the projector, first in each view, L the
+    batch's largest count. cluster_labels, scores: (views, patches).
     """
 
     image_features: torch.FloatTensor | None = None
@@ -172,12 +177,16 @@ class SeTokCompressor(nn.Module):
         clusters_mask = clusters.center_mask[:, None, None, :]
         cluster_tokens = self.out(self.inter_encoder(pooled, clusters_mask))
 
-        image_features = self.projector(cluster_tokens) * clusters.center_mask[:, :, None]
-        image_features = F.pad(image_features, (0, 0, 0, config.max_image_tokens - num_clusters))
+        # Right-aligned: slot s of a view with n tokens holds its cluster s - (max_image_tokens - n), if any.
+        projected = self.projector(cluster_tokens)
         slots = torch.arange(config.max_image_tokens, device=labels.device)
+        cluster_of_slot = slots - (config.max_image_tokens - clusters.num_tokens[:, None])
+        token_mask = cluster_of_slot >= 0
+        index = cluster_of_slot.clamp(min=0)[:, :, None].expand(-1, -1, projected.shape[-1])
+        image_features = projected.gather(1, index) * token_mask[:, :, None]
         return SeTokCompressorOutput(
             image_features=image_features,
-            token_mask=slots < clusters.num_tokens[:, None],
+            token_mask=token_mask,
             num_tokens=clusters.num_tokens,
             cluster_tokens=cluster_tokens,
             cluster_labels=labels,
@@ -225,7 +234,7 @@ class SeTokModel(CompressedVLMModel):
         return self.compressor(features)
 
     def compress(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """(views, max_image_tokens, text_hidden): each view's cluster tokens first, then zeros."""
+        """(views, max_image_tokens, text_hidden): zeros, then each view's cluster tokens in its last slots."""
         return self.cluster(vision_hidden_states).image_features
 
     @can_return_tuple
@@ -303,47 +312,11 @@ class SeTokModel(CompressedVLMModel):
         )
 
 
-def labels_of_next_kept_token(labels: torch.LongTensor, attention_mask: torch.Tensor) -> torch.LongTensor:
-    """Shifted labels that skip masked positions: position t predicts the next *kept* token's label.
-
-    The standard shift would make the last unfilled image slot predict the first text token; in a sequence with
-    exactly L placeholders the last cluster token does, so that is the prediction we train.
-    """
-    kept = attention_mask.bool()
-    length = labels.shape[1]
-    index = torch.arange(length, device=labels.device).expand_as(labels)
-    candidates = torch.where(kept, index, length)[:, 1:]
-    next_kept = candidates.flip(-1).cummin(dim=-1).values.flip(-1)
-    next_kept = torch.cat([next_kept, torch.full_like(next_kept[:, :1], length)], dim=-1)
-    padded = torch.cat([labels, torch.full_like(labels[:, :1], -100)], dim=-1)
-    shifted = padded.gather(1, next_kept)
-    return shifted.masked_fill(~kept, -100)
-
-
 class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = SeTokConfig
     model_class = SeTokModel
     output_class = SeTokCausalLMOutputWithPast
     _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
-
-    def compute_loss(self, logits, labels, outputs, attention_mask=None, shift_labels=None, **kwargs) -> torch.Tensor:
-        """Each kept token predicts the next *kept* token: the last cluster token predicts the first text token.
-
-        Given `shift_labels` (position t holds the label of token t + 1, as context parallelism passes them) are
-        moved the same way, so they give the loss of the labels they shift.
-        """
-        mask = outputs.attention_mask if outputs.attention_mask is not None else attention_mask
-        if mask is not None:
-            if shift_labels is not None:
-                labels = F.pad(shift_labels[:, :-1], (1, 0), value=-100)
-            shift_labels = labels_of_next_kept_token(labels, mask)
-        return self.loss_function(
-            logits=logits,
-            labels=labels,
-            shift_labels=shift_labels,
-            vocab_size=self.config.text_config.vocab_size,
-            **kwargs,
-        )
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """Mask the image slots an earlier prefill left unfilled (recorded on the cache) in the mask of every later

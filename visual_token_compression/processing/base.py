@@ -6,6 +6,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..compat import write_portable_tokenizer_class
+from ..save_hooks import run_after_save
 from .chat_templates import VICUNA_V1
 from .images import load_image
 
@@ -74,9 +75,9 @@ class CompressedVLMProcessor(ProcessorMixin):
             )
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """As transformers', with the tokenizer class written under a name 4.57 reads too (see `compat`). With
-        `push_to_hub=True` the upload happens inside transformers' method, before that rename; `vtc push` and
-        `save_for_hub` upload after it.
+        """As transformers', with the tokenizer class written under a name 4.57 reads too (see `compat`), then the
+        after-save hooks (the remote-code bundle and `auto_map`s, see `save_hooks`). With `push_to_hub=True` the
+        upload happens inside transformers' method, before both; `vtc push` and `save_for_hub` upload after them.
 
         A fast tokenizer's backend keeps the truncation and padding of its last call, and transformers reloads them
         as the tokenizer's defaults (which this processor applies): they are cleared first, so that one truncated
@@ -87,6 +88,7 @@ class CompressedVLMProcessor(ProcessorMixin):
             backend.no_padding()
         saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         write_portable_tokenizer_class(save_directory)
+        run_after_save(self, save_directory)
         return saved
 
     @classmethod

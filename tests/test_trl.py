@@ -1,0 +1,132 @@
+"""TRL's `SFTTrainer` on every model type: from a model object and from a saved folder, on conversations with images.
+
+The dataset is TRL's vision-language SFT format (a `messages` column of conversations whose user turn holds an
+`{"type": "image"}` item, and an `images` column); TRL's collator renders it with the processor's chat template. The
+loss TRL optimises (its fused LM head, computed from the hidden states) must be the model's own loss on the batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_models import VARIANTS, sample_image
+from visual_token_compression.tiny import build_tiny
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
+ANSWERS = ["A red square.", "Noise, mostly.", "Two dots and a line", "Nothing at all."]
+
+
+def conversations():
+    """Four conversations, each with one image (different sizes, so TokenPacker-HD tiles differently)."""
+    rows = {"images": [], "messages": []}
+    for seed, answer in enumerate(ANSWERS):
+        rows["images"].append([sample_image(seed, size=(40, 30) if seed % 2 else (24, 50))])
+        rows["messages"].append(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": f"What is in picture {seed}?"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+            ]
+        )
+    return datasets.Dataset.from_dict(rows)
+
+
+def sft_config(tmp_path, **kwargs):
+    return trl.SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+        bf16=False,
+        use_cpu=True,
+        seed=0,
+        **kwargs,
+    )
+
+
+def first_batch(trainer) -> dict:
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+def assert_trl_loss_is_the_models_own(trainer) -> dict:
+    """TRL's loss on one batch (its `compute_loss`, the fused LM head) equals `model(**batch, labels=...).loss`."""
+    model = trainer.model
+    batch = first_batch(trainer)
+    assert (batch["labels"] != -100).any()
+    model.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, dict(batch))
+        own_loss = model(**batch).loss
+    model.train()
+    torch.testing.assert_close(trl_loss, own_loss, atol=1e-5, rtol=1e-5)
+    return batch
+
+
+def assert_trains(trainer):
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    result = trainer.train()
+    assert result.global_step == 2
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), trainer.state.log_history
+    changed = [name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])]
+    assert any(name.startswith("model.compressor.") for name in changed), changed
+
+
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+def test_sft_trainer_from_a_model_object(name, kwargs, tmp_path):
+    model, processor = build_tiny(name, **kwargs)
+    trainer = trl.SFTTrainer(
+        model=model, args=sft_config(tmp_path), train_dataset=conversations(), processing_class=processor
+    )
+    batch = assert_trl_loss_is_the_models_own(trainer)
+    if name == "setok":
+        with torch.no_grad():
+            num_tokens = model.model.get_image_outputs(batch["pixel_values"]).num_tokens
+        assert (num_tokens < model.config.max_image_tokens).all(), "the test needs unfilled slots"
+    assert_trains(trainer)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+def test_sft_trainer_from_a_saved_folder(name, kwargs, tmp_path):
+    """`SFTTrainer(model="folder")`: TRL loads the model through the `auto_map` that `save_pretrained` writes (it
+    needs one for an architecture transformers does not export) and the processor with AutoProcessor."""
+    model, processor = build_tiny(name, **kwargs)
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    trainer = trl.SFTTrainer(model=str(folder), args=sft_config(tmp_path), train_dataset=conversations())
+    assert type(trainer.model) is type(model)
+    assert type(trainer.processing_class) is type(processor)
+    assert_trl_loss_is_the_models_own(trainer)
+    assert_trains(trainer)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+def test_assistant_only_loss_supervises_the_answers(name, kwargs, tmp_path):
+    """`assistant_only_loss=True` needs the chat template's `{% generation %}` markers: only the answers (with the
+    space before them and the EOS) are supervised, and TRL's loss is still the model's own."""
+    model, processor = build_tiny(name, **kwargs)
+    assert "{% generation %}" in processor.chat_template, "the chat template has no generation markers"
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=sft_config(tmp_path, assistant_only_loss=True),
+        train_dataset=conversations(),
+        processing_class=processor,
+    )
+    batch = assert_trl_loss_is_the_models_own(trainer)
+    tokenizer = processor.tokenizer
+    for row in batch["labels"]:
+        supervised = row[row != -100]
+        assert tokenizer.decode(supervised, skip_special_tokens=True).strip() in ANSWERS
+        assert supervised[-1] == tokenizer.eos_token_id
