@@ -208,19 +208,6 @@ MODEL_SKIPS: dict[str, str] = {
         "test_image_tokens_without_pixel_values_are_refused). RoPE scaling is the language model's own "
         "(LlamaModel), which transformers' Llama tests cover."
     ),
-    r"test_get_image_features_(hidden_states|attentions)": (
-        "KNOWN DEFECT: get_image_features ignores config.output_hidden_states / config.output_attentions: it passes "
-        "output_attentions=None explicitly to the vision tower (which overrides the tower config's default) and "
-        "returns hidden_states only for an explicit output_hidden_states=True (modeling/base.py)."
-    ),
-    r"test_can_init_all_missing_weights": (
-        "KNOWN DEFECT: weights missing from a checkpoint are not re-initialised as at __init__: the vision tower's "
-        "attention and MLP weights (q/k/v/out_proj, fc1/fc2) get N(0, 0.02) instead of CLIP's own init (std 0.089 "
-        "here). Our classes live outside `transformers.`, so from_pretrained treats the whole model as custom code, "
-        "and PreTrainedModel._initialize_weights(is_custom_code=True) marks CLIPAttention/CLIPMLP initialised "
-        "without running CLIP's _init_weights (they hold no parameters of their own, only child Linears). Verified "
-        "workaround: is_custom_code() returning False on our classes makes both paths identical."
-    ),
     r"test_multimodal_outputs_are_returned": (
         "KNOWN DEFECT: the model outputs have no `image_outputs` field (the vision encoder's "
         "BaseModelOutputWithPooling with hidden_states/attentions/pooler_output), which transformers 5.24's VLM "

@@ -73,6 +73,17 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
             run_after_save(self, save_directory)
         return saved
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Not custom code to transformers' weight initialisation, although the classes live outside its package.
+
+        For custom code transformers marks a module initialised when its own parameters are all loaded, which holds
+        vacuously for modules without parameters of their own; CLIP's attention and MLP blocks are such modules, and
+        CLIP initialises their projections from them, so a tower with missing weights would get a generic init. Our
+        `_init_weights` goes through transformers' `init` functions like its own models, so that guard is not needed.
+        """
+        return False
+
     if not TRANSFORMERS_V5:
 
         def _get_key_renaming_mapping(self, checkpoint_keys, key_mapping=None, *args, **kwargs):
@@ -117,7 +128,11 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """The vision tower's output with the compressed features as `pooler_output`, as Llava's: one
         (tokens_per_view, hidden) tensor per view, already at the LLM width. The tower's `hidden_states` are
-        computed anyway (the compressor reads them) but returned only on request."""
+        computed anyway (the compressor reads them) but returned only on request (argument or config)."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         vision_outputs = self.vision_tower(
             pixel_values.to(self.vision_tower.dtype),
             output_hidden_states=True,
@@ -343,6 +358,48 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             else:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """As transformers' (beams, `num_return_sequences`), but the image inputs hold one row per view, not per
+        sample (TokenPacker-HD gives each image several views): each sample's block of views is repeated
+        `expand_size` times in order, as its expanded rows read them."""
+        image_inputs = {}
+        if expand_size > 1 and model_kwargs.get("pixel_values") is not None:
+            image_inputs = self.expand_image_inputs(input_ids, model_kwargs, expand_size)
+        rest = {key: value for key, value in model_kwargs.items() if key not in image_inputs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **rest
+        )
+        return input_ids, {**model_kwargs, **image_inputs}
+
+    def expand_image_inputs(self, input_ids, model_kwargs: dict, expand_size: int) -> dict:
+        """`pixel_values` and the compressor inputs, each sample's views repeated `expand_size` times. A sample's
+        number of views is its number of placeholders over the placeholders per view (the same for every view)."""
+        pixel_values = model_kwargs["pixel_values"]
+        if input_ids is not None and input_ids.shape[-1] == 0:
+            input_ids = None  # `generate` from `inputs_embeds` alone
+        inputs_embeds = model_kwargs.get("inputs_embeds")
+        if (input_ids is None and inputs_embeds is None) or self.config.image_token_id is None:
+            return {}
+        placeholders = self.model.get_placeholder_mask(input_ids, inputs_embeds).sum(-1)
+        num_views = pixel_values.shape[0]
+        total = int(placeholders.sum())
+        if num_views == 0 or total == 0 or total % num_views:
+            return {}  # placeholders and views do not match: the forward pass reports it
+        per_view = total // num_views
+        if (placeholders % per_view).any():
+            raise ValueError(
+                f"Every image view takes {per_view} placeholder tokens, but the samples hold {placeholders.tolist()}."
+            )
+        views_per_sample = placeholders // per_view
+        index = torch.arange(num_views, device=pixel_values.device).split(views_per_sample.tolist())
+        index = torch.cat([block.repeat(expand_size) for block in index])
+        names = ("pixel_values", *self.model_class.compressor_input_names)
+        return {
+            name: model_kwargs[name][index.to(model_kwargs[name].device)]
+            for name in names
+            if isinstance(model_kwargs.get(name), torch.Tensor) and model_kwargs[name].shape[0] == num_views
+        }
 
     def _get_candidate_generator(self, *args, **kwargs):
         """Keep image placeholders out of drafts (prompt lookup copies them from the prompt): the verifying forward
