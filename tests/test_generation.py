@@ -120,3 +120,44 @@ def test_static_cache_equals_dynamic_and_decoding_compiles_fullgraph(variant):
     assert graphs, "generate did not compile the decoding step"
     assert torch.equal(compiled, dynamic)
     assert type(model)._can_compile_fullgraph
+
+
+def test_beams_and_return_sequences_expand_each_samples_views(variant):
+    """Image inputs hold one row per view (several per image for TokenPacker-HD, none per sample): expanding for
+    beams and `num_return_sequences` must repeat each sample's block of views, not each view."""
+    _, _, model, processor, _, _ = variant
+    processor.tokenizer.padding_side = "left"
+    images = [sample_image(1), sample_image(2, size=(24, 50))]
+    prompts = [chat(processor, "Describe it."), chat(processor, "What colour is the object on the far left side?")]
+    batch = processor(images=images, text=prompts, return_tensors="pt")
+    alone = [
+        processor(images=image, text=prompt, return_tensors="pt")
+        for image, prompt in zip(images, prompts, strict=True)
+    ]
+    image_names = [name for name in ("pixel_values", *model.model_class.compressor_input_names) if name in batch]
+
+    _, expanded = model._expand_inputs_for_generation(expand_size=2, **batch)  # pixel_values: one row per view
+    views = [inputs["pixel_values"].shape[0] for inputs in alone]
+    starts = [sum(views[:row]) for row in range(len(views))]
+    index = [
+        start + view for start, count in zip(starts, views, strict=True) for _ in range(2) for view in range(count)
+    ]
+    for name in image_names:  # the batch's own rows, as the query inputs are padded over the batch
+        assert torch.equal(expanded[name], batch[name][index]), name
+    pixel_blocks = [inputs["pixel_values"] for inputs in alone for _ in range(2)]
+    torch.testing.assert_close(expanded["pixel_values"], torch.cat(pixel_blocks), rtol=0, atol=0)
+
+    settings = {"num_beams": 2, "num_return_sequences": 2, "do_sample": False, "max_new_tokens": 4}
+    dict_settings = {**settings, "return_dict_in_generate": True, "output_scores": True}
+    batched = model.generate(**batch, **dict_settings)
+    for row, inputs in enumerate(alone):
+        single = model.generate(**inputs, **dict_settings)
+        assert batched.sequences[2 * row : 2 * row + 2, -4:].tolist() == single.sequences[:, -4:].tolist()
+        # A sample alone is expanded too, so its beams must also read its views in order: the first step's scores
+        # of every copy equal those of one plain forward pass (the tiny models' image features are small, the
+        # tokens alone barely show a wrong view).
+        with torch.no_grad():
+            first_scores = model(**inputs).logits[:, -1].log_softmax(-1)
+        for copy in range(2):
+            torch.testing.assert_close(batched.scores[0][2 * row + copy], first_scores[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(single.scores[0][copy], first_scores[0], atol=1e-5, rtol=0)

@@ -194,9 +194,9 @@ GENERATION_MIXIN_MISSING = (
 HD_VIEWS_DEFECT = (
     "KNOWN DEFECT: TokenPacker-HD's pixel_values hold every view of the batch flattened on dim 0 (tiles + global "
     "view per image) with no per-image count (no LLaVA-NeXT-style (images, views, ...) layout, no Qwen-style "
-    "image_grid_thw): pixel_values has one entry per view, not per image. The same layout makes generate's "
-    "_expand_inputs_for_generation repeat_interleave pixel_values per view, so with num_beams > 1 or "
-    "num_return_sequences > 1 the views land in the wrong rows (expanded logits differ from the unexpanded forward)."
+    "image_grid_thw): pixel_values and get_image_features' pooler_output have one entry per view, not per image. "
+    "(generate's expansion for beams/num_return_sequences regroups the views per sample: "
+    "tests/test_generation.py::test_beams_and_return_sequences_expand_each_samples_views.)"
 )
 
 MODEL_SKIPS: dict[str, str] = {
