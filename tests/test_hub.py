@@ -130,26 +130,28 @@ print(json.dumps(reports))
 )
 
 
-@pytest.fixture(scope="module")
-def remote_reports(hub_folders, tmp_path_factory) -> tuple[Path, dict]:
-    """Runs LOADER over every variant's folder in a fresh interpreter; (its output folder, its reports)."""
-    work = tmp_path_factory.mktemp("remote")
-    sample_image().save(work / "image.png")
-    (work / "load.py").write_text(LOADER)
-    folders = {name: str(folder) for name, (_, _, folder) in hub_folders.items()}
+def run_without_package(script: str, work: Path, folders: dict[str, str]) -> dict:
+    """Runs `script` (LOADER or another loader behind BLOCKER) over `folders` in a fresh interpreter of this venv,
+    with an empty Hugging Face home and offline; returns the reports it prints on its last line."""
+    (work / "load.py").write_text(script)
     env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_MODULES_CACHE", None)
     # -I: no current directory or PYTHONPATH on sys.path, so the repository checkout is not importable either.
     result = subprocess.run(
         [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        env=env,
-        timeout=600,
-    )
+        capture_output=True, text=True, cwd=work, env=env, timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    return work, json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def remote_reports(hub_folders, tmp_path_factory) -> tuple[Path, dict]:
+    """Runs LOADER over every variant's folder in a fresh interpreter; (its output folder, its reports)."""
+    work = tmp_path_factory.mktemp("remote")
+    sample_image().save(work / "image.png")
+    folders = {name: str(folder) for name, (_, _, folder) in hub_folders.items()}
+    return work, run_without_package(LOADER, work, folders)
 
 
 @pytest.mark.parametrize("name", [variant_id(variant) for variant in VARIANTS])
@@ -263,15 +265,7 @@ def test_save_pretrained_writes_the_hub_bundle(hub_folders, tmp_path):
             expected[name] = model(**inputs).logits
         folders[name] = str(folder)
 
-    (work / "load.py").write_text(MODEL_LOADER)
-    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_MODULES_CACHE", None)
-    result = subprocess.run(
-        [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
-        capture_output=True, text=True, cwd=work, env=env, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = run_without_package(MODEL_LOADER, work, folders)
     for name, logits in expected.items():
         config_class, model_class, *package_modules = reports[name]
         assert config_class.startswith("transformers_modules.") and model_class.startswith("transformers_modules.")

@@ -4,9 +4,7 @@ between 4.57 and 5.x in both directions with identical logits (the other version
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from tests.test_hub import LOADER, QUESTION
+from tests.test_hub import LOADER, QUESTION, run_without_package
 from tests.test_hub import sample_image as hub_image
 from tests.test_models import VARIANTS, chat, sample_image
 from visual_token_compression import MODEL_TYPES
@@ -179,15 +177,7 @@ def test_hub_folders_written_by_5x_load_here_as_remote_code_without_the_package(
     work = tmp_path / "remote"
     work.mkdir()
     hub_image().save(work / "image.png")
-    (work / "load.py").write_text(LOADER)
-    env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_MODULES_CACHE", None)
-    result = subprocess.run(
-        [sys.executable, "-I", str(work / "load.py"), str(work), json.dumps(folders)],
-        capture_output=True, text=True, cwd=work, env=env, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = run_without_package(LOADER, work, folders)
     assert sorted(reports) == sorted(folders)
     for name, folder in folders.items():
         assert reports[name]["package_modules"] == [], name
