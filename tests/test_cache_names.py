@@ -11,14 +11,12 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from tests.test_models import VARIANTS, chat, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
 from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.tiny import build_tiny
 
 
-@pytest.fixture(
-    scope="module", params=VARIANTS, ids=lambda variant: "-".join([variant[0], *map(str, variant[1].values())])
-)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def prefilled(request):
     """A tiny model, a prompt and the prefill's output (with its cache) of every variant."""
     name, kwargs = request.param

@@ -7,15 +7,14 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-from tests.test_models import VARIANTS, chat, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
 from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.tiny import build_tiny
 
-IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
 GREEDY = {"do_sample": False, "max_new_tokens": 8}
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=IDS)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def variant(request):
     """(name, config kwargs, tiny model, processor, one prompt with an image, its plain greedy output)."""
     name, kwargs = request.param

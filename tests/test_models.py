@@ -19,6 +19,7 @@ from visual_token_compression.tiny import build_tiny
 MODEL_TYPE_NAMES = sorted(MODEL_TYPES)
 # Every model type with its defaults, plus TokenPacker-HD (tokenpacker with tiling switched on).
 VARIANTS = [(name, {}) for name in MODEL_TYPE_NAMES] + [("tokenpacker", {"patch_num": 9})]
+VARIANT_IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
 
 
 def sample_image(seed: int = 0, size=(40, 30)) -> Image.Image:
@@ -32,9 +33,7 @@ def chat(processor, question: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-@pytest.fixture(
-    scope="module", params=VARIANTS, ids=lambda variant: "-".join([variant[0], *map(str, variant[1].values())])
-)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def saved(request, tmp_path_factory):
     """A tiny model of each variant, saved with its processor."""
     model_type, config_kwargs = request.param

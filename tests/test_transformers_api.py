@@ -15,12 +15,10 @@ from visual_token_compression import MODEL_TYPES, CompressedVLMForConditionalGen
 from visual_token_compression.compat import LM_HEAD_TP_PLAN, output_cache
 from visual_token_compression.tiny import build_tiny
 
-from .test_models import VARIANTS, chat, sample_image
+from .test_models import VARIANT_IDS, VARIANTS, chat, sample_image
 
 
-@pytest.fixture(
-    scope="module", params=VARIANTS, ids=lambda variant: "-".join([variant[0], *map(str, variant[1].values())])
-)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def tiny(request):
     """A tiny model of each variant with one image-and-question batch; labels skip the image placeholders."""
     model_type, config_kwargs = request.param

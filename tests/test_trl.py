@@ -10,13 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_models import VARIANTS, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, sample_image
 from visual_token_compression.tiny import build_tiny
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
 ANSWERS = ["A red square.", "Noise, mostly.", "Two dots and a line", "Nothing at all."]
 
 
@@ -83,7 +82,7 @@ def assert_trains(trainer):
     assert any(name.startswith("model.compressor.") for name in changed), changed
 
 
-@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=VARIANT_IDS)
 def test_sft_trainer_from_a_model_object(name, kwargs, tmp_path):
     model, processor = build_tiny(name, **kwargs)
     trainer = trl.SFTTrainer(
@@ -97,7 +96,7 @@ def test_sft_trainer_from_a_model_object(name, kwargs, tmp_path):
     assert_trains(trainer)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=VARIANT_IDS)
 def test_sft_trainer_from_a_saved_folder(name, kwargs, tmp_path):
     """`SFTTrainer(model="folder")`: TRL loads the model through the `auto_map` that `save_pretrained` writes (it
     needs one for an architecture transformers does not export) and the processor with AutoProcessor."""
@@ -112,7 +111,7 @@ def test_sft_trainer_from_a_saved_folder(name, kwargs, tmp_path):
     assert_trains(trainer)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=VARIANT_IDS)
 def test_assistant_only_loss_supervises_the_answers(name, kwargs, tmp_path):
     """`assistant_only_loss=True` needs the chat template's `{% generation %}` markers: only the answers (with the
     space before them and the EOS) are supervised, and TRL's loss is still the model's own."""

@@ -6,6 +6,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+# The in-memory tokenizers belong to no checkpoint; a LLaMA-sized limit keeps every test and demo prompt whole.
+TINY_MODEL_MAX_LENGTH = 4096
 
 
 def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreTrainedTokenizerFast:
@@ -25,7 +27,7 @@ def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreT
         unk_token="<unk>",
         pad_token="<pad>",
         model_input_names=["input_ids", "attention_mask"],
-        model_max_length=4096,
+        model_max_length=TINY_MODEL_MAX_LENGTH,
         padding_side="left",  # for batched generation; training collators choose their own side
     )
     tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
@@ -54,7 +56,7 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
         unk_token="<unk>",
         pad_token="<pad>",
         model_input_names=["input_ids", "attention_mask"],
-        model_max_length=4096,
+        model_max_length=TINY_MODEL_MAX_LENGTH,
         padding_side="left",  # for batched generation; training collators choose their own side
     )
     tokenizer.add_tokens(["\n"])  # kept as a token (layout separators), where whitespace splitting would drop it

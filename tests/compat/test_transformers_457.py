@@ -16,13 +16,12 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from tests.test_hub import LOADER, QUESTION, run_without_package
 from tests.test_hub import sample_image as hub_image
-from tests.test_models import VARIANTS, chat, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.tiny import build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 V5_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
 
 # Runs in the other venv: build or load every variant, write inputs and logits next to each folder.
 WRITE = """
@@ -92,7 +91,7 @@ def test_registered_with_every_auto_class(name):
     assert PROCESSOR_MAPPING[config] is entry.processor_class
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=IDS)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def saved(request, tmp_path_factory):
     name, kwargs = request.param
     model, processor = build_tiny(name, **kwargs)

@@ -39,7 +39,7 @@ class SeTokConfig(CompressedVLMConfig):
         inter_cluster_layers: attention layers of the encoder run across clusters (the original's
             `intra_cluster_layers`: its names are swapped).
         compressor_intermediate_size: MLP width of both encoders; `None` uses the LLM width (the original's 4096).
-        token_feat_dim: width of the SeTok tokens before the projector; `None` uses the LLM width (4096).
+        token_feat_dim: width of the SeTok tokens before the projector; `None` uses the LLM width (the original's 4096).
         compressor_dropout: dropout after the attention projection and in the MLP (`proj_drop`, 0.2).
         compressor_attention_dropout: dropout on the attention weights (`attn_drop`, 0.0).
         layer_norm_eps: epsilon of the encoders' LayerNorms.

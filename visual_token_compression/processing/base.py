@@ -54,6 +54,8 @@ class CompressedVLMProcessor(ProcessorMixin):
     attributes = ["image_processor", "tokenizer"]
     image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
+    # The text layout a method's checkpoints were trained with; a processor whose layout differs overrides it.
+    default_chat_template = VICUNA_V1
     valid_processor_kwargs = CompressedVLMProcessorKwargs
 
     def __init__(
@@ -67,7 +69,9 @@ class CompressedVLMProcessor(ProcessorMixin):
     ):
         self.image_token = image_token
         self.image_seq_length = image_seq_length
-        super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1, **kwargs)
+        super().__init__(
+            image_processor, tokenizer, chat_template=chat_template or self.default_chat_template, **kwargs
+        )
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(

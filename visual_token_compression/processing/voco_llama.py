@@ -51,6 +51,8 @@ class VoCoLlamaProcessor(CompressedVLMProcessor):
         num_voco_tokens: VoCo tokens per image (the model config's `num_voco_tokens`).
     """
 
+    default_chat_template = VOCO_VICUNA_V1
+
     def __init__(
         self,
         image_processor=None,
@@ -67,7 +69,7 @@ class VoCoLlamaProcessor(CompressedVLMProcessor):
         super().__init__(
             image_processor,
             tokenizer,
-            chat_template=chat_template or VOCO_VICUNA_V1,
+            chat_template=chat_template,
             image_token=image_token,
             image_seq_length=image_seq_length,
             **kwargs,
