@@ -26,8 +26,9 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The trained model, its comparison table (demo.md) and plot (demo.png) go to outputs/demo (git-ignored).
 demo: install
-	$(VENV)/bin/vtc demo
+	$(VENV)/bin/vtc demo --save outputs/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q

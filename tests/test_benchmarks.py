@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
+from visual_token_compression import MODEL_TYPES
 from visual_token_compression.benchmarks import flops
 from visual_token_compression.benchmarks.measure import cache_bytes, counted_flops
 from visual_token_compression.benchmarks.presets import PRESETS
@@ -58,29 +59,34 @@ def test_formulas_match_the_flop_counter_on_the_real_modules(attn_implementation
 
 @pytest.mark.parametrize(
     "model_type, kwargs",
-    [("tokenpacker", {"scale_factor": 2}), ("tokenpacker", {"scale_factor": 4}), ("quecc", {}), ("voco_llama", {})],
+    [
+        ("tokenpacker", {"scale_factor": 2}),
+        ("tokenpacker", {"scale_factor": 4}),
+        ("quecc", {}),
+        ("voco_llama", {}),
+        ("visionzip", {}),
+    ],
 )
 def test_whole_prefill_flops_match_the_flop_counter(model_type, kwargs):
-    """Vision + compressor (+ QueCC's query pass) + LLM of a real prefill, counted op by op."""
+    """Vision + compressor (+ QueCC's query pass, VisionZip's attention recompute) + LLM of a real prefill, counted
+    op by op."""
     model, processor = build_tiny(model_type, **kwargs)
     inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
     counts = counted_flops(lambda: model(**inputs, logits_to_keep=1))
     config, seq_len = model.config, inputs["input_ids"].shape[1]
-    query_pass = 0
-    if model_type == "tokenpacker":
-        compressor = flops.tokenpacker_flops(config)
-    elif model_type == "quecc":
-        query_tokens = int(inputs["query_attention_mask"].sum())
-        compressor = flops.quecc_flops(config, query_tokens=query_tokens)
-        query_pass = flops.llm_flops(config.text_config, query_tokens, logits_tokens=0)
-    else:
-        compressor = flops.voco_llama_flops(config)
+    query_tokens = int(inputs["query_attention_mask"].sum()) if "query_attention_mask" in inputs else 0
+    compressor = MODEL_TYPES[model_type].compressor_flops(config, 1, query_tokens)
+    outside = 0  # what the formula counts but the model runs outside its compressor module
+    if model_type == "quecc":
+        outside = flops.llm_flops(config.text_config, query_tokens, logits_tokens=0)
+    elif model_type == "visionzip":
+        outside = flops.visionzip_attention_flops(config)
     expected = (
         flops.clip_vision_flops(config.vision_config) + compressor + flops.llm_flops(config.text_config, seq_len)
     )
     assert counts["Global"] == expected
     counted_compressor = next(count for name, count in counts.items() if name.endswith("model.compressor"))
-    assert counted_compressor == compressor - query_pass
+    assert counted_compressor == compressor - outside
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -115,23 +121,15 @@ def test_variants_skip_settings_the_grid_cannot_take():
     assert "tokenpacker s=2" in labels and "tokenpacker s=3" not in labels
     assert {"quecc 1", "quecc 4", "quecc 16", "quecc 64"} <= set(labels)
     assert any("s=3" in note for note in skipped) and any("quecc 36" in note for note in skipped)
-    assert sum(row.cached_image for row in rows) == len(PRESETS["tiny"].voco_tokens)
+    assert sum(row.cached_image for row in rows) == 2  # VoCo-LLaMA k=1 and k=2
+    assert "visionzip 64" in labels and any("visionzip 128" in note for note in skipped)
 
 
 def test_benchmark_rows_and_reports(tmp_path):
-    preset = dataclasses.replace(
-        PRESETS["tiny"],
-        tokenpacker_scales=(2,),
-        hd_image_sizes=((32, 64),),
-        quecc_tokens=(4,),
-        voco_tokens=(1,),
-        setok_max_tokens=(16,),
-        repeats=1,
-        decode_repeats=1,
-        new_tokens=2,
-    )
+    preset = dataclasses.replace(PRESETS["tiny"], repeats=1, decode_repeats=1, new_tokens=2)
     benchmark = Benchmark(preset)
-    rows = benchmark.run(measure_memory=False, progress=False)
+    only = {"tokenpacker s=2", "tokenpacker-hd 32x64", "quecc 4", "voco_llama k=1", "voco_llama k=1 cached image"}
+    rows = benchmark.run(measure_memory=False, progress=False, only=only | {"setok max=16", "visionzip 64"})
     by_label = {row["label"]: row for row in rows}
     base = by_label["llava (64)"]
     assert base["prefill_speedup"] == base["ideal_speedup"] == 1.0
@@ -152,6 +150,8 @@ def test_benchmark_rows_and_reports(tmp_path):
     assert by_label["voco_llama k=1"]["kv_cache_tokens"] == cached["kv_cache_tokens"]
     setok = by_label["setok max=16"]
     assert 1 <= setok["kept_image_tokens"] <= 16 and setok["flops_compressor"] > 0
+    visionzip = by_label["visionzip 64"]
+    assert visionzip["visual_tokens"] == 64 and visionzip["ideal_speedup"] > 0
 
     write_json(rows, tmp_path / "rows.json")
     loaded = json.loads((tmp_path / "rows.json").read_text())

@@ -339,6 +339,26 @@ def test_llava_hf_start_reuses_tower_and_llm(llava_dir, model_type, tmp_path):
     assert out.shape[1] > 0
 
 
+def test_llava_hf_visionzip_keeps_the_llava_projector(llava_dir, tmp_path):
+    """VisionZip's compressor is LLaVA's projector: the converted model runs with llava-hf's own weights."""
+    folder, llava = llava_dir
+    args = ["llava-hf", "--llava", str(folder), "--model-type", "visionzip", "--output", str(tmp_path / "out")]
+    assert convert_cli([*args, "--config", "dominant_tokens=12", "--config", "contextual_tokens=4"]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    projector = llava.model.multi_modal_projector
+    for ours, theirs in [
+        (model.model.compressor.fc1, projector.linear_1),
+        (model.model.compressor.fc2, projector.linear_2),
+    ]:
+        for name, value in theirs.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0)
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    inputs = processor(images=IMAGE, text=PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+
+
 def test_llava_hf_rejects_unknown_model_type(llava_dir, tmp_path, capsys):
     folder, _ = llava_dir
     args = ["llava-hf", "--llava", str(folder), "--model-type", "nope", "--output", str(tmp_path / "out")]

@@ -15,14 +15,18 @@ import pytest
 
 from tests.test_models import VARIANTS
 from visual_token_compression.cli import main
-from visual_token_compression.demo import NUM_TEST
+from visual_token_compression.demo import NUM_TEST, method_label
 
 ACCURACY_LINE = re.compile(r"accuracy: (\d\.\d{3}) \(chance: (\d\.\d{3})\)")
+# The shipped demo's held-out accuracy (seed 0), as docs/demo.md reports it, and how far below it a run may land.
+# MEASURED_LATER
+DOCUMENTED_ACCURACY = 0.0
+MARGIN = 0.0
 
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """Each variant's demo at 1% of its steps, saved; (variant name, folder, printed lines)."""
+    """Each variant's demo at 1% of its steps, saved; (variant name, folder, command line, its table label)."""
     runs = []
     for model_type, config_kwargs in VARIANTS:
         name = "-".join([model_type, *map(str, config_kwargs.values())])
@@ -30,37 +34,41 @@ def demo_runs(tmp_path_factory):
         argv = ["demo", "--model-type", model_type, "--steps-scale", "0.01", "--save", str(folder)]
         if "patch_num" in config_kwargs:
             argv += ["--patch-num", str(config_kwargs["patch_num"])]
-        runs.append((name, folder, argv))
+        runs.append((name, folder, argv, method_label(model_type, config_kwargs)))
     return runs
 
 
-def test_demo_trains_both_stages_and_ends_with_the_accuracy_line(demo_runs, capsys):
-    for name, _, argv in demo_runs:
+def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_runs, capsys):
+    for name, folder, argv, label in demo_runs:
         main(argv)
         lines = capsys.readouterr().out.strip().splitlines()
-        assert "== stage 1: compressor only" in "\n".join(lines), name
-        assert "== stage 2: compressor + LLM" in "\n".join(lines), name
+        text = "\n".join(lines)
+        assert "== stage 1: compressor only" in text, name
+        assert "== stage 2: compressor + LLM" in text, name
+        assert "== llava baseline, stage 2: projector + LLM" in text, name
+        rows = [line.split(" | ") for line in lines if line.startswith("| ") and not line.startswith("| method")]
+        assert [row[0] for row in rows] == ["| llava (baseline)", f"| {label}"], (name, rows)
+        assert rows[0][1] == "64", rows  # every patch of the 8x8 grid
+        assert (folder / "demo.png").stat().st_size > 0 and (folder / "demo.md").read_text().count("\n") == 4
         match = ACCURACY_LINE.fullmatch(lines[-1])
         assert match, (name, lines[-1])
-        # 1% of the steps only teaches the answer format (measured: 0.125, one answer to every question).
+        # 1% of the steps only teaches the answer format (measured: 0.117, one answer to every question).
         assert 0.0 <= float(match.group(1)) <= 1.0 and 0.3 < float(match.group(2)) < 0.5
 
 
 @pytest.mark.slow
-def test_the_full_demo_answers_above_chance(capsys):
-    """`vtc demo` as shipped (TokenPacker, every step) must beat guessing by more than sampling noise."""
+def test_the_full_demo_reaches_its_documented_accuracy(capsys):
+    """`vtc demo` as shipped (TokenPacker, every step) must keep the accuracy docs/demo.md reports."""
     main(["demo"])
     match = ACCURACY_LINE.fullmatch(capsys.readouterr().out.strip().splitlines()[-1])
     accuracy, chance = float(match.group(1)), float(match.group(2))
-    # Guessing scores chance C with standard error sqrt(C (1 - C) / n) over the n = 120 held-out questions (an upper
-    # bound of the exact one, whose chance varies by question type): 0.044 at C = 0.351. C + 2 s.e. = 0.438 also
-    # beats giving each question type its most frequent test answer (0.425). Measured: 0.492.
-    standard_error = math.sqrt(chance * (1 - chance) / NUM_TEST)
-    assert accuracy > chance + 2 * standard_error, (accuracy, chance)
+    # DOCUMENTED_ACCURACY (seed 0) and MARGIN: see their comments at the top of this file.
+    assert accuracy >= DOCUMENTED_ACCURACY - MARGIN, (accuracy, DOCUMENTED_ACCURACY, MARGIN)
+    assert accuracy > chance + 2 * math.sqrt(chance * (1 - chance) / NUM_TEST), (accuracy, chance)
 
 
 def test_saved_demo_models_load_in_a_fresh_process(demo_runs):
-    folders = [str(folder) for _, folder, _ in demo_runs]
+    folders = [str(folder) for _, folder, _, _ in demo_runs]
     for folder in folders:
         assert not [path for path in Path(folder).iterdir() if path.suffix in (".bin", ".pt")], "nothing pickled"
     script = textwrap.dedent(

@@ -104,12 +104,20 @@ def test_tokenizer_init_defaults_apply(saved):
     assert len(padded(images=sample_image(0), text=text)["input_ids"][0]) == length
 
 
-def test_mm_token_type_ids_mark_the_image_tokens(saved):
+def test_mm_token_type_ids_mark_each_images_whole_span(saved):
+    """The placeholders and the layout text the processor writes with them (TokenPacker-HD's separators, VoCo's
+    newline and <voco> tokens), as `_get_num_multimodal_tokens` counts them for serving stacks; nothing else."""
     _, processor, _ = saved
-    inputs = processor(
-        images=sample_image(0), text=prompt(processor, "Hi?"), return_mm_token_type_ids=True, return_tensors="pt"
-    )
-    assert torch.equal(inputs["mm_token_type_ids"].bool(), inputs["input_ids"] == processor.image_token_id)
+    image = sample_image(0)
+    inputs = processor(images=image, text=prompt(processor, "Hi?"), return_mm_token_type_ids=True)
+    ids, marks = inputs["input_ids"][0], inputs["mm_token_type_ids"][0]
+    marked = [index for index, mark in enumerate(marks) if mark]
+    assert marked == list(range(marked[0], marked[-1] + 1)), "one contiguous span"
+    span = processor.tokenizer(processor.image_text((image.height, image.width)), add_special_tokens=False)
+    assert [ids[index] for index in marked] == span["input_ids"]
+    assert ids.count(processor.image_token_id) == sum(ids[index] == processor.image_token_id for index in marked)
+    counted = processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)]).num_image_tokens
+    assert counted == [len(marked)]
 
 
 def test_quecc_queries_is_a_text_kwarg():

@@ -43,6 +43,7 @@ def exact_count_logits(model, inputs, image_features, token_mask, strict=True):
     for ids, mask, features, filled in zip(
         inputs["input_ids"], inputs["attention_mask"], image_features, token_mask, strict=True
     ):
+        filled = filled.bool()
         placeholder = ids == image_token_id
         unfilled = torch.zeros_like(placeholder)
         unfilled[placeholder] = ~filled
@@ -64,7 +65,7 @@ def test_outputs_equal_a_sequence_with_exactly_n_tokens(tiny):
     first = inputs["attention_mask"].argmax(dim=1)
     labels[torch.arange(labels.shape[0]), first] = -100
     with torch.no_grad():
-        image_outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        image_outputs = model.model.get_image_features(inputs["pixel_values"]).compressor_output
         output = model(**inputs, labels=labels)
     counts = image_outputs.num_tokens.tolist()
     assert len(set(counts)) == 2 and all(1 < n < model.config.max_image_tokens for n in counts), counts
@@ -83,17 +84,23 @@ def test_outputs_equal_a_sequence_with_exactly_n_tokens(tiny):
 
 
 def test_unfilled_slots_are_masked_and_skipped_by_positions(tiny):
+    """The mask and positions the language model is called with, as `prepare_language_model_inputs` makes them."""
     model, processor = tiny
     inputs = processor(images=images()[:1], text=PROMPT, return_tensors="pt")
+    seen = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
     with torch.no_grad():
         output = model(**inputs)
+    hook.remove()
     placeholder = inputs["input_ids"][0] == model.config.image_token_id
-    n = int(output.attention_mask[0][placeholder].sum())
+    n = int(output.image_outputs.compressor_output.num_tokens[0])
     unfilled = model.config.max_image_tokens - n
     # The cluster tokens fill the LAST n slots: kept tokens stay contiguous with the text after the image.
-    assert output.attention_mask[0][placeholder].tolist() == [0] * unfilled + [1] * n
-    kept = output.attention_mask[0].bool()
-    assert output.position_ids[0][kept].tolist() == list(range(int(kept.sum())))
+    assert seen["attention_mask"][0][placeholder].tolist() == [0] * unfilled + [1] * n
+    kept = seen["attention_mask"][0].bool()
+    assert seen["position_ids"][0][kept].tolist() == list(range(int(kept.sum())))
     assert (output.image_hidden_states[0, :unfilled] == 0).all()
     assert (output.image_hidden_states[0, unfilled:] != 0).any(dim=-1).all()
 
@@ -109,7 +116,7 @@ def test_own_loss_is_the_standard_shifted_loss_of_its_logits(tiny, label_placeho
     if not label_placeholders:
         labels = labels.masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
     with torch.no_grad():
-        num_tokens = model.model.get_image_outputs(inputs["pixel_values"]).num_tokens
+        num_tokens = model.model.get_image_features(inputs["pixel_values"]).compressor_output.num_tokens
         output = model(**inputs, labels=labels)
     assert (num_tokens < model.config.max_image_tokens).all(), "the test needs unfilled slots"
     logits = output.logits[:, :-1].flatten(0, 1).float()
@@ -121,7 +128,7 @@ def test_batched_generate_equals_exact_count_sequences(tiny):
     model, processor = tiny
     inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="left")
     with torch.no_grad():
-        image_outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        image_outputs = model.model.get_image_features(inputs["pixel_values"]).compressor_output
         generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     new_tokens = generated[:, inputs["input_ids"].shape[1] :]
     for index, (_, embeds) in enumerate(
@@ -179,7 +186,7 @@ def test_tiny_defaults_give_several_clusters_on_the_contract_images(vision):
     model, processor = build_tiny("setok", vision=vision)
     inputs = processor(images=contract_images(), text=["<image>"] * 8, return_tensors="pt")
     with torch.no_grad():
-        counts = model.model.get_image_outputs(inputs["pixel_values"]).num_tokens.tolist()
+        counts = model.model.get_image_features(inputs["pixel_values"]).compressor_output.num_tokens.tolist()
     assert all(1 < count < model.config.max_image_tokens for count in counts), counts
     assert counts[1] != counts[2], counts
 
@@ -198,7 +205,7 @@ def test_clustering_runs_in_fp32_under_bf16(monkeypatch):
     model = model.to(torch.bfloat16)
     inputs = processor(images=contract_images(), text=[PROMPT] * 8, return_tensors="pt")
     with torch.no_grad():
-        outputs = model.model.get_image_outputs(inputs["pixel_values"])
+        outputs = model.model.get_image_features(inputs["pixel_values"]).compressor_output
         logits = model(**inputs).logits
     assert outputs.scores.dtype == torch.float32 and outputs.image_features.dtype == torch.bfloat16
     assert torch.isfinite(logits).all()

@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import AutoConfig
 from transformers.integrations.accelerate import infer_auto_device_map
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -29,7 +30,8 @@ def tiny(request):
 
 
 def image_inputs(model, inputs) -> dict:
-    return {name: inputs[name] for name in ("pixel_values", *type(model.model).compressor_input_names)}
+    names = ("pixel_values", "image_sizes", *type(model.model).compressor_input_names)
+    return {name: inputs[name] for name in names if name in inputs}
 
 
 @torch.no_grad()
@@ -56,7 +58,7 @@ def test_return_dict_false_gives_tuples_with_the_loss_first(tiny):
 
 @torch.no_grad()
 def test_get_image_features_returns_the_tower_output_with_compressed_features_as_pooler_output(tiny):
-    """As Llava's: `pooler_output` holds one (tokens, hidden) tensor per view, the tower's hidden states on request."""
+    """As Llava's: `pooler_output` holds one (tokens, hidden) tensor per image, the tower's hidden states on request."""
     _, model, _, inputs, _ = tiny
     images = image_inputs(model, inputs)
     tower = model.model.vision_tower(images["pixel_values"], output_hidden_states=True)
@@ -64,11 +66,13 @@ def test_get_image_features_returns_the_tower_output_with_compressed_features_as
     assert isinstance(features, BaseModelOutputWithPooling)
     assert features.hidden_states is None
     torch.testing.assert_close(features.last_hidden_state, tower.last_hidden_state)
+    assert isinstance(features.pooler_output, list) and len(features.pooler_output) == 1  # one image
+    compressed = model.model.get_compressed_image_features(
+        **{name: value for name, value in images.items() if name != "image_sizes"}
+    )
     views = images["pixel_values"].shape[0]
-    assert isinstance(features.pooler_output, list) and len(features.pooler_output) == views
-    compressed = model.model.get_compressed_image_features(**images)
     assert compressed.shape[:1] == (views,) and compressed.shape[-1] == model.config.text_config.hidden_size
-    torch.testing.assert_close(torch.stack(features.pooler_output), compressed)
+    torch.testing.assert_close(features.pooler_output[0], compressed.flatten(0, 1))
     torch.testing.assert_close(model(**inputs).image_hidden_states, compressed)
 
     with_states = model.model.get_image_features(**images, output_hidden_states=True)
@@ -78,7 +82,7 @@ def test_get_image_features_returns_the_tower_output_with_compressed_features_as
     as_tuple = model.get_image_features(**images, return_dict=False)
     assert isinstance(as_tuple, tuple)
     torch.testing.assert_close(as_tuple[0], tower.last_hidden_state)
-    torch.testing.assert_close(torch.stack(as_tuple[1]), compressed)
+    torch.testing.assert_close(torch.cat(as_tuple[1]), compressed.flatten(0, 1))
 
 
 def test_lm_head_has_a_tensor_parallel_plan(tiny):
@@ -142,7 +146,7 @@ def test_shift_labels_give_the_loss_of_the_labels_they_shift(tiny):
     # Exactly: the same targets at the same positions.
     torch.testing.assert_close(model(**inputs, labels=labels, shift_labels=shift_labels).loss, loss, atol=0, rtol=0)
     if model_type == "setok":
-        num_tokens = model.model.get_image_outputs(inputs["pixel_values"]).num_tokens
+        num_tokens = model.model.get_image_features(inputs["pixel_values"]).compressor_output.num_tokens
         assert (num_tokens < model.config.max_image_tokens).all(), "the test needs unfilled slots"
 
 
@@ -179,3 +183,42 @@ def test_push_to_a_local_dir_from_the_command_line(tiny, with_base_model, tmp_pa
 
 def test_every_model_type_is_covered():
     assert {variant[0] for variant in VARIANTS} == set(MODEL_TYPES)
+
+
+@torch.no_grad()
+def test_each_image_gets_its_own_pooler_output_entry():
+    """TokenPacker-HD cuts images of different shapes into different numbers of views; `pooler_output` regroups
+    them per image (from `image_sizes`), and refuses to guess without it."""
+    model, processor = build_tiny("tokenpacker", patch_num=9)
+    tile = model.config.vision_config.image_size
+    images = [Image.new("RGB", (3 * tile, tile), "red"), Image.new("RGB", (tile, tile), "blue")]
+    inputs = processor(images=images, text=["<image>a", "<image>b"], return_tensors="pt")
+    views = [processor.num_views((image.height, image.width)) for image in images]
+    assert views == [4, 1] and inputs["pixel_values"].shape[0] == 5
+    features = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+    per_view = model.model.get_compressed_image_features(inputs["pixel_values"])
+    tokens = model.config.image_seq_length
+    assert [entry.shape[0] for entry in features.pooler_output] == [4 * tokens, tokens]
+    torch.testing.assert_close(features.pooler_output[0], per_view[:4].flatten(0, 1))
+    torch.testing.assert_close(features.pooler_output[1], per_view[4])
+    with pytest.raises(ValueError, match="needs image_sizes"):
+        model.get_image_features(inputs["pixel_values"])
+    with pytest.raises(ValueError, match="image_sizes give 5 views"):
+        model.get_image_features(inputs["pixel_values"][:4], image_sizes=inputs["image_sizes"])
+
+
+@torch.no_grad()
+def test_outputs_carry_the_image_encoder_output_and_accept_it_back(tiny):
+    """As transformers' multimodal outputs: `image_outputs` is `get_image_features`' output, and passing it back as
+    `mm_encoder_outputs={"image": ...}` instead of the images gives the same logits (encode once, ask many times)."""
+    _, model, _, inputs, labels = tiny
+    output = model(**inputs, labels=labels)
+    assert isinstance(output.image_outputs, BaseModelOutputWithPooling)
+    assert len(output.image_outputs.pooler_output) == 1
+    encoded = model.get_image_features(**image_inputs(model, inputs))
+    text = {name: value for name, value in inputs.items() if name not in image_inputs(model, inputs)}
+    reused = model(**text, mm_encoder_outputs={"image": encoded}, labels=labels)
+    torch.testing.assert_close(reused.logits, output.logits, atol=0, rtol=0)
+    torch.testing.assert_close(reused.loss, output.loss, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="both pixel_values and mm_encoder_outputs"):
+        model(**inputs, mm_encoder_outputs={"image": encoded})

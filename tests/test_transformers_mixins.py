@@ -9,8 +9,7 @@ per sample, inputs as the processor writes them. One test class per variant is g
 
 `GenerationTesterMixin` is not in the sdist (see `transformers_suite`); tests/test_generation.py covers generation.
 
-Skips carry their reason. `KNOWN DEFECT:` marks a defect of our models that a mixin test exposed, still to be
-fixed; every other skip is a mixin assumption these architectures do not meet, or a test that cannot run here.
+Skips carry their reason: a mixin assumption these architectures do not meet, or a test that cannot run here.
 """
 
 from __future__ import annotations
@@ -191,14 +190,6 @@ GENERATION_MIXIN_MISSING = (
     "GenerationTesterMixin; tests/test_generation.py covers generation for every model type."
 )
 
-HD_VIEWS_DEFECT = (
-    "KNOWN DEFECT: TokenPacker-HD's pixel_values hold every view of the batch flattened on dim 0 (tiles + global "
-    "view per image) with no per-image count (no LLaVA-NeXT-style (images, views, ...) layout, no Qwen-style "
-    "image_grid_thw): pixel_values and get_image_features' pooler_output have one entry per view, not per image. "
-    "(generate's expansion for beams/num_return_sequences regroups the views per sample: "
-    "tests/test_generation.py::test_beams_and_return_sequences_expand_each_samples_views.)"
-)
-
 MODEL_SKIPS: dict[str, str] = {
     r"test_generation_tester_mixin_inheritance": GENERATION_MIXIN_MISSING,
     r"test_model_rope_scaling_from_config_.*": (
@@ -208,16 +199,6 @@ MODEL_SKIPS: dict[str, str] = {
         "test_image_tokens_without_pixel_values_are_refused). RoPE scaling is the language model's own "
         "(LlamaModel), which transformers' Llama tests cover."
     ),
-    r"test_multimodal_outputs_are_returned": (
-        "KNOWN DEFECT: the model outputs have no `image_outputs` field (the vision encoder's "
-        "BaseModelOutputWithPooling with hidden_states/attentions/pooler_output), which transformers 5.24's VLM "
-        "outputs (LlavaModelOutputWithPast) carry; ours only have `image_hidden_states`."
-    ),
-}
-
-# Per variant, on top of MODEL_SKIPS.
-VARIANT_MODEL_SKIPS: dict[str, dict[str, str]] = {
-    "TokenPackerHD": {r"test_get_image_features_pooler_output": HD_VIEWS_DEFECT},
 }
 
 PROCESSOR_SKIPS: dict[str, str] = {
@@ -231,12 +212,11 @@ PROCESSOR_SKIPS: dict[str, str] = {
 
 VARIANT_PROCESSOR_SKIPS: dict[str, dict[str, str]] = {
     "TokenPackerHD": {
-        r"test_apply_chat_template_image_.*": HD_VIEWS_DEFECT,
-        r"test_get_num_multimodal_tokens_matches_processor_call": (
-            "KNOWN DEFECT: for TokenPacker-HD, mm_token_type_ids marks only the <image> placeholders, while "
-            "_get_num_multimodal_tokens counts the image's whole span, placeholders and the tile/row separators the "
-            "processor writes between them ((q + 1) x views); transformers marks the whole span (Idefics3's "
-            "create_mm_token_type_ids), so the two disagree (processing/base.py, processing/tokenpacker.py)."
+        r"test_apply_chat_template_image_.*": (
+            "TokenPacker-HD's pixel_values are flat over views (each image's tiles and global view, one row each), "
+            "as Qwen2-VL's are flat over patches, with `image_sizes` telling each image's views (LLaVA-NeXT's name). "
+            "The test recognises a flat layout only by Qwen's `image_grid_thw` and otherwise expects one row per "
+            "image; tests/test_transformers_api.py checks the per-image grouping (get_image_features)."
         ),
         r"test_tokenizer_decode_defaults": (
             "The test builds the processor from its components alone. With a TokenPacker-HD image processor, "
@@ -276,7 +256,7 @@ def _max_length_attributes(variant: Variant) -> dict:
     66 for VoCo-LLaMA with its newline and <voco> token, 170 for TokenPacker-HD's 9 tiles and global view), so
     that padding to max_length still applies to the same text."""
     processor = tiny_processor(variant)
-    image_text = processor.image_text(Image.new("RGB", (400, 30)))
+    image_text = processor.image_text((30, 400))
     extra = len(processor.tokenizer(image_text, add_special_tokens=False)["input_ids"])
     return {
         "images_text_kwargs_max_length": 117 + extra,
@@ -367,7 +347,7 @@ def build_test_classes() -> dict[str, type]:
             # kept too.
             config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
             model_class = MODEL_TYPES[self.variant.model_type].model_class
-            keep = ("pixel_values", *model_class.compressor_input_names)
+            keep = ("pixel_values", "image_sizes", *model_class.compressor_input_names)
             return config, {name: value for name, value in inputs_dict.items() if name in keep}
 
         if hasattr(modeling_common.ModelTesterMixin, "test_bc_cache_name_forward"):  # from 5.24, with `cache`
@@ -416,10 +396,14 @@ def build_test_classes() -> dict[str, type]:
             (
                 CompressedVLMModelTest,
                 "Model",
-                {**MODEL_SKIPS, **VARIANT_MODEL_SKIPS.get(variant.name, {})},
+                MODEL_SKIPS,
                 {
                     "all_model_classes": (entry.model_class, entry.for_generation_class),
-                    "additional_model_inputs": ["pixel_values", *entry.model_class.compressor_input_names],
+                    "additional_model_inputs": [
+                        "pixel_values",
+                        "image_sizes",
+                        *entry.model_class.compressor_input_names,
+                    ],
                 },
             ),
             (

@@ -91,7 +91,7 @@ def test_sft_trainer_from_a_model_object(name, kwargs, tmp_path):
     batch = assert_trl_loss_is_the_models_own(trainer)
     if name == "setok":
         with torch.no_grad():
-            num_tokens = model.model.get_image_outputs(batch["pixel_values"]).num_tokens
+            num_tokens = model.model.get_image_features(batch["pixel_values"]).compressor_output.num_tokens
         assert (num_tokens < model.config.max_image_tokens).all(), "the test needs unfilled slots"
     assert_trains(trainer)
 

@@ -85,7 +85,10 @@ def test_processor_layout(tiny):
     expected_head = [processor.tokenizer.bos_token_id] + [model.config.image_token_id] * n + newline + [voco] * k
     assert ids[: len(expected_head)] == expected_head
     assert ids[len(expected_head) :] == processor.tokenizer("\nWhat?", add_special_tokens=False).input_ids
-    assert processor._get_num_multimodal_tokens(image_sizes=[(30, 40)]).num_image_tokens == [n]
+    # The image's whole span (placeholders, newline, <voco> tokens) is what serving stacks must reserve.
+    marks = processor(images=RED, text="<image>\nWhat?", return_mm_token_type_ids=True)["mm_token_type_ids"][0]
+    assert marks == [0] + [1] * (len(expected_head) - 1) + [0] * (len(ids) - len(expected_head))
+    assert processor._get_num_multimodal_tokens(image_sizes=[(30, 40)]).num_image_tokens == [n + len(newline) + k]
 
 
 def test_processor_rejects_literal_voco_and_truncation(tiny):

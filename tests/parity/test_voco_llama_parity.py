@@ -12,11 +12,13 @@ import copy
 import pytest
 import torch
 from transformers import LlamaConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from tests.golden import cases_of, classify, load_case
 from visual_token_compression import VoCoLlamaConfig, VoCoLlamaForConditionalGeneration
 from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.conversion.voco_llama import convert_state_dict
+from visual_token_compression.modeling.base import CompressorOutput
 from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import voco_attention_mask
@@ -77,8 +79,9 @@ def model_for(case, attn_implementation: str) -> VoCoLlamaForConditionalGenerati
     missing, unexpected = model.load_state_dict(converted, strict=False)
     assert not unexpected and all(key.startswith("model.vision_tower.") for key in missing), (missing, unexpected)
     # The stub tower of the fixtures: "pixel_values" are already the tower's patch features.
-    model.model.get_compressed_image_features = lambda pixel_values: model.model.compressor(
-        VisionFeatures(pixel_values)
+    model.model.encode_images = lambda pixel_values, output_attentions=False: (
+        BaseModelOutputWithPooling(last_hidden_state=pixel_values),
+        CompressorOutput(image_features=model.model.compressor(VisionFeatures(pixel_values))),
     )
     return model
 
@@ -128,7 +131,7 @@ def test_training_forward_matches_original(name, attn_implementation):
         embeds = model.get_input_embeddings()(input_ids)
         placeholders = model.model.get_placeholder_mask(input_ids, embeds)
         features = model.model.get_compressed_image_features(case.tensors["inputs.images"])
-        merged = model.model.merge_image_features(embeds, placeholders, features)
+        merged = model.model.merge_image_features(embeds, placeholders, features.flatten(0, 1))
         outputs = model(
             input_ids=input_ids,
             pixel_values=case.tensors["inputs.images"],

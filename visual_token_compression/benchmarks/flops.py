@@ -1,5 +1,7 @@
 """Analytic FLOPs of one prefill: vision tower, compressor and LLM, counted as 2 FLOPs per multiply-accumulate.
 
+A method's compressor formula is its registry entry's `compressor_flops`, called as `(config, views, query_tokens)`.
+
 Only matrix products are counted (linear layers, convolutions, attention scores and attention-weighted values), the
 convention of `torch.utils.flop_counter`; norms, activations, softmax and gathers are left out. Attention is counted
 over the full (query x key) rectangle, as the kernels given an explicit mask compute it.
@@ -88,7 +90,7 @@ def _window_attention_flops(patches: int, queries: int, window: int, width: int,
     )
 
 
-def tokenpacker_flops(config, views: int = 1) -> int:
+def tokenpacker_flops(config, views: int = 1, query_tokens: int = 0) -> int:
     """`TokenPackerCompressor` per view: k/v MLPs on the multi-level patches, query projection of the resized grid,
     region attention (s^2 keys per query) and the output MLP to the LLM width."""
     patches = config.vision_grid_size**2
@@ -105,7 +107,7 @@ def tokenpacker_flops(config, views: int = 1) -> int:
     return views * per_view
 
 
-def quecc_flops(config, query_tokens: int, views: int = 1) -> int:
+def quecc_flops(config, views: int = 1, query_tokens: int = 0) -> int:
     """`QueCCCompressor` per view plus the query pass: the LLM over the question (no LM head) for its vector.
 
     The query pass is counted here because it exists only for the compressor."""
@@ -126,9 +128,30 @@ def quecc_flops(config, query_tokens: int, views: int = 1) -> int:
     return views * (per_view + query_pass)
 
 
-def voco_llama_flops(config, views: int = 1) -> int:
+def voco_llama_flops(config, views: int = 1, query_tokens: int = 0) -> int:
     """VoCo-LLaMA's projector is LLaVA-1.5's: every patch to the LLM width; the LLM does the compressing."""
     return llava_projector_flops(config, views)
+
+
+def visionzip_attention_flops(config, views: int = 1) -> int:
+    """VisionZip's recomputed attention of one tower layer: the CLS query, the keys of CLS + N patches and the CLS
+    row of scores, about (N + 2) E^2 multiply-adds per view. Run by the model, outside its compressor module."""
+    tokens = config.vision_grid_size**2 + 1
+    width = config.vision_config.hidden_size
+    return views * (linear(1, width, width) + linear(tokens, width, width) + 2 * tokens * width)
+
+
+def visionzip_flops(config, views: int = 1, query_tokens: int = 0) -> int:
+    """The recomputed attention, the merge (key similarities of the M merged tokens to the C targets on the head
+    width, then their sums on the tower width) and LLaVA's projector on the D + C kept tokens."""
+    tokens = config.vision_grid_size**2 + 1
+    width = config.vision_config.hidden_size
+    head_dim = width // config.vision_config.num_attention_heads
+    kept = config.dominant_tokens + config.contextual_tokens
+    merged = tokens - kept
+    merge = 2 * merged * config.contextual_tokens * (head_dim + width)
+    per_view = merge + mlp2x_flops(kept, width, config.text_config.hidden_size)
+    return visionzip_attention_flops(config, views) + views * per_view
 
 
 def kv_cache_bytes(text_config, tokens: int, bytes_per_element: int, batch: int = 1) -> int:

@@ -36,9 +36,7 @@ SMALL_LLM = {
 class Preset:
     """What to build and how often to measure it.
 
-    `quecc_tokens` / `tokenpacker_scales` list the issue's settings; a setting the grid cannot take (e.g. s=3 on an
-    8x8 grid) is skipped and reported by `variants`. `hd_image_sizes` are (height, width) of the HD rows' images.
-    `setok_max_tokens` are SeTok's `max_image_tokens`: the LLM always processes that many positions.
+    The rows of each method are its registry entry's `bench_sweep`, given the preset's name and grid.
     `method_kwargs` holds config overrides per model type that every row of that type gets (the tiny widths).
     """
 
@@ -47,12 +45,6 @@ class Preset:
     text_model_type: str
     text: dict
     text_tokens: int
-    tokenpacker_scales: tuple[int, ...] = (2, 3, 4)
-    hd_patch_num: int = 9
-    hd_image_sizes: tuple[tuple[int, int], ...] = ()
-    quecc_tokens: tuple[int, ...] = (1, 4, 16, 36, 64, 144)
-    voco_tokens: tuple[int, ...] = (1, 2)
-    setok_max_tokens: tuple[int, ...] = ()
     method_kwargs: dict = field(default_factory=dict)
     repeats: int = 5
     decode_repeats: int = 2
@@ -73,15 +65,12 @@ def _tiny() -> Preset:
     text = tiny_text_config().to_dict()
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
     text_keys = keys[:4] + ("num_key_value_heads", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
-    tile = vision["image_size"]
     return Preset(
         name="tiny",
         vision={"model_type": "clip_vision_model", **{k: vision[k] for k in keys}},
         text_model_type="llama",
         text={k: text[k] for k in text_keys},
         text_tokens=16,
-        hd_image_sizes=((tile, 2 * tile), (2 * tile, 2 * tile)),
-        setok_max_tokens=(16,),
         method_kwargs={name: entry.tiny_config_kwargs for name, entry in MODEL_TYPES.items()},
         repeats=3,
         decode_repeats=1,
@@ -97,8 +86,6 @@ PRESETS: dict[str, Preset] = {
         text_model_type="llama",
         text=SMALL_LLM,
         text_tokens=64,
-        hd_image_sizes=((384, 768),),
-        setok_max_tokens=(144,),
         repeats=3,
         decode_repeats=1,
         new_tokens=8,
@@ -110,8 +97,6 @@ PRESETS: dict[str, Preset] = {
         text_model_type="llama",
         text={},
         text_tokens=64,
-        hd_image_sizes=((336, 672), (672, 672), (1008, 1008)),
-        setok_max_tokens=(64, 144),
         repeats=10,
         decode_repeats=3,
         new_tokens=32,

@@ -24,60 +24,21 @@ from ..tiny import byte_tokenizer
 from . import flops
 from .measure import PartTimer, TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
 from .presets import Preset
+from .variant import Variant
 
 BASELINE = "llava"
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One row: a method, its setting, and the image it is fed. `cached_image`: VoCo's per-query cost, the image
-    compressed beforehand into a cache that the timed prefill reuses."""
-
-    label: str
-    method: str
-    model_type: str | None = None
-    config_kwargs: dict = field(default_factory=dict)
-    image_size: tuple[int, int] | None = None
-    cached_image: bool = False
-
-
 def variants(preset: Preset) -> tuple[list[Variant], list[str]]:
-    """Every row of a preset, and a note for each requested setting the vision grid cannot take."""
+    """The baseline, then every registered method's `bench_sweep` rows, and a note for each setting the vision grid
+    cannot take."""
     vision = preset.vision_config()
     grid = vision.image_size // vision.patch_size
-    rows = [Variant(f"llava ({grid * grid})", BASELINE)]
-    skipped = []
-    for scale in preset.tokenpacker_scales:
-        if grid % scale:
-            skipped.append(f"tokenpacker s={scale}: does not divide the {grid}x{grid} grid")
-            continue
-        rows.append(Variant(f"tokenpacker s={scale}", "tokenpacker", "tokenpacker", {"scale_factor": scale}))
-    for height, width in preset.hd_image_sizes:
-        rows.append(
-            Variant(
-                f"tokenpacker-hd {height}x{width}",
-                "tokenpacker_hd",
-                "tokenpacker",
-                {"scale_factor": 2, "patch_num": preset.hd_patch_num},
-                image_size=(height, width),
-            )
-        )
-    for tokens in preset.quecc_tokens:
-        side = round(tokens**0.5)
-        if side * side != tokens or grid % side:
-            skipped.append(f"quecc {tokens}: {tokens} tokens is no square grid dividing {grid}x{grid}")
-            continue
-        stride = grid // side
-        rows.append(Variant(f"quecc {tokens}", "quecc", "quecc", {"kernel_size": stride, "stride": stride}))
-    for count in preset.voco_tokens:
-        kwargs = {"num_voco_tokens": count}
-        rows.append(Variant(f"voco_llama k={count}", "voco_llama", "voco_llama", kwargs))
-        rows.append(
-            Variant(f"voco_llama k={count} cached image", "voco_llama", "voco_llama", kwargs, cached_image=True)
-        )
-    for count in preset.setok_max_tokens:
-        kwargs = {"max_image_tokens": count, "vision_feature_layer": -2}
-        rows.append(Variant(f"setok max={count}", "setok", "setok", kwargs))
+    rows, skipped = [Variant(f"llava ({grid * grid})", BASELINE)], []
+    for name, entry in MODEL_TYPES.items():
+        default = [Variant(name, name, name)]
+        for item in entry.bench_sweep(preset.name, grid, vision.image_size) if entry.bench_sweep else default:
+            (skipped if isinstance(item, str) else rows).append(item)
     return rows, skipped
 
 
@@ -111,9 +72,9 @@ class Benchmark:
         self.device = torch.device(device)
         self.dtype = dtype
         self.seed = seed
-        self.tokenizer = byte_tokenizer(("<image>", "<voco>"))
+        special = [token for entry in MODEL_TYPES.values() for token in entry.special_tokens.values()]
+        self.tokenizer = byte_tokenizer(tuple(dict.fromkeys(["<image>", *special])))
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        self.voco_token_id = self.tokenizer.convert_tokens_to_ids("<voco>")
         self.vision_config = preset.vision_config()
         self.text_config = preset.text_config()
         if self.text_config.vocab_size < len(self.tokenizer):
@@ -155,8 +116,8 @@ class Benchmark:
         """The method's model around the baseline's tower, LLM and head; only its compressor is new."""
         entry = MODEL_TYPES[variant.model_type]
         kwargs = {**self.preset.method_kwargs.get(variant.model_type, {}), **variant.config_kwargs}
-        if variant.model_type == "voco_llama":
-            kwargs["voco_token_id"] = self.voco_token_id
+        for field_name, token in entry.special_tokens.items():
+            kwargs.setdefault(field_name, self.tokenizer.convert_tokens_to_ids(token))
         config = entry.config_class(
             vision_config=self.vision_config,
             text_config=self.text_config,
@@ -262,13 +223,15 @@ class Benchmark:
         row.decode_tps.append(clock.decode_tokens_per_second())
 
     def inspect(self, row: Prepared):
-        """Untimed facts of a row: KV bytes after its prefill, SeTok's kept tokens and counted compressor FLOPs."""
+        """Untimed facts of a row: KV bytes after its prefill, the tokens a dynamic compressor kept and, for a
+        compressor without a FLOPs formula, its counted FLOPs."""
         output = self._prefill_fn(row)()
         row.kv_bytes = cache_bytes(output_cache(output))
-        if row.variant.method == "setok":
-            mask = output.attention_mask
-            placeholders = int((row.inputs["input_ids"] == self.image_token_id).sum())
-            row.kept_image_tokens = int(mask.sum()) - (mask.shape[1] - placeholders)
+        compressed = getattr(getattr(output, "image_outputs", None), "compressor_output", None)
+        if getattr(compressed, "token_mask", None) is not None:
+            row.kept_image_tokens = int(compressed.token_mask.sum())
+        entry = MODEL_TYPES.get(row.variant.model_type)
+        if entry is not None and entry.compressor_flops is None:
             counts = counted_flops(lambda: row.model(**row.inputs, use_cache=True, logits_to_keep=1))
             row.counted_compressor_flops = sum(
                 count for name, count in counts.items() if name.endswith("model.compressor")
@@ -276,8 +239,11 @@ class Benchmark:
 
     # -- the run -----------------------------------------------------------------------------------------------------
 
-    def run(self, measure_memory: bool = True, progress: bool = True) -> list[dict]:
+    def run(self, measure_memory: bool = True, progress: bool = True, only: set[str] | None = None) -> list[dict]:
+        """Measure every row of the preset, or those labelled in `only` (the baseline always comes first)."""
         rows_to_build, self.skipped = variants(self.preset)
+        if only is not None:
+            rows_to_build = [row for row in rows_to_build if row.method == BASELINE or row.label in only]
         rows = [self.prepare(variant) for variant in tqdm(rows_to_build, desc="build", disable=not progress)]
         steps = len(rows) * (1 + self.preset.repeats + self.preset.decode_repeats + measure_memory)
         with tqdm(total=steps, desc=f"bench {self.preset.name}", disable=not progress) as bar:
@@ -299,24 +265,20 @@ class Benchmark:
         return self.rows(rows)
 
     def flops(self, row: Prepared) -> flops.PrefillFlops:
-        """Analytic FLOPs of the row's timed prefill (SeTok's compressor: counted, its clustering is data-driven)."""
-        config, views, variant = row.config, row.views, row.variant
+        """Analytic FLOPs of the row's timed prefill (a compressor without a formula: counted)."""
+        config, views = row.config, row.views
         seq_len = row.inputs["input_ids"].shape[1]
         if row.cache is not None:
             past = row.kv_bytes // flops.kv_cache_bytes(self.text_config, 1, self.dtype.itemsize) - seq_len
             return flops.PrefillFlops(0, 0, flops.llm_flops(self.text_config, seq_len, past_tokens=past))
         vision = flops.clip_vision_flops(self.vision_config, views)
         llm = flops.llm_flops(self.text_config, seq_len)
-        if variant.method == BASELINE or variant.model_type == "voco_llama":
+        if row.variant.method == BASELINE:
             compressor = flops.llava_projector_flops(config, views)
-        elif variant.model_type == "tokenpacker":
-            compressor = flops.tokenpacker_flops(config, views)
-        elif variant.model_type == "quecc":
-            compressor = flops.quecc_flops(config, row.query_tokens, views)
-        elif variant.model_type == "setok":
-            compressor = row.counted_compressor_flops
+        elif (formula := MODEL_TYPES[row.variant.model_type].compressor_flops) is not None:
+            compressor = formula(config, views, row.query_tokens)
         else:
-            raise ValueError(f"No FLOPs model for {variant.model_type!r}.")
+            compressor = row.counted_compressor_flops
         return flops.PrefillFlops(vision, compressor, llm)
 
     def rows(self, prepared: list[Prepared]) -> list[dict]:

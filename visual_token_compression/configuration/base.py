@@ -26,6 +26,13 @@ def _as_sub_config(value, default: dict) -> PretrainedConfig:
     return CONFIG_MAPPING[model_type](**value)
 
 
+def positive_int(name: str, value) -> int:
+    """A config field that counts something: an int of at least 1 (not a bool), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
 def default_multi_level_layers(num_hidden_layers: int) -> list[int]:
     """The original's [12, 16, 22, 23] for 24 layers, kept at the same relative depths for other towers."""
     n = num_hidden_layers
@@ -81,3 +88,13 @@ class CompressedVLMConfig(PretrainedConfig):
     def vision_grid_size(self) -> int:
         """Patches per side of one vision-tower view (24 for CLIP-L/14-336)."""
         return self.vision_config.image_size // self.vision_config.patch_size
+
+    def visual_token_budget(self) -> dict[str, str]:
+        """Tokens per image in the LLM and the compression ratio, in the model card's words (`hub.py`); a method
+        whose count is not simply `image_seq_length` per image says so by overriding this."""
+        tower, per_view = self.vision_grid_size**2, self.image_seq_length
+        return {
+            "tokens_per_image": str(per_view),
+            "compression_ratio": f"{tower / per_view:g}x ({tower} -> {per_view})",
+            "token_note": "",
+        }

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from .base import CompressedVLMConfig
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
+from .base import CompressedVLMConfig, positive_int
 
 
 class QueCCConfig(CompressedVLMConfig):
@@ -36,28 +30,16 @@ class QueCCConfig(CompressedVLMConfig):
 
     def __init__(
         self,
-        vision_config=None,
-        text_config=None,
-        image_token_id: int | None = None,
-        vision_feature_layer: int = -2,
-        multi_level_feature_layers: list[int] | None = None,
         kernel_size: int = 4,
         stride: int = 4,
         compressor_num_heads: int = 8,
         layer_norm_eps: float = 1e-6,
         **kwargs,
     ):
-        super().__init__(
-            vision_config=vision_config,
-            text_config=text_config,
-            image_token_id=image_token_id,
-            vision_feature_layer=vision_feature_layer,
-            multi_level_feature_layers=multi_level_feature_layers,
-            **kwargs,
-        )
-        self.kernel_size = _positive_int("kernel_size", kernel_size)
-        self.stride = _positive_int("stride", stride)
-        self.compressor_num_heads = _positive_int("compressor_num_heads", compressor_num_heads)
+        super().__init__(**kwargs)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
+        self.stride = positive_int("stride", stride)
+        self.compressor_num_heads = positive_int("compressor_num_heads", compressor_num_heads)
         self.layer_norm_eps = layer_norm_eps
 
         grid, width = self.vision_grid_size, self.vision_config.hidden_size

@@ -49,11 +49,6 @@ class SeTokConfig(CompressedVLMConfig):
 
     def __init__(
         self,
-        vision_config=None,
-        text_config=None,
-        image_token_id: int | None = None,
-        vision_feature_layer: int = -1,
-        multi_level_feature_layers: list[int] | None = None,
         threshold: float = 0.55,
         k: int = 64,
         fallback_num_tokens: int = 64,
@@ -68,14 +63,10 @@ class SeTokConfig(CompressedVLMConfig):
         layer_norm_eps: float = 1e-5,
         **kwargs,
     ):
-        super().__init__(
-            vision_config=SIGLIP_SO400M_CONFIG if vision_config is None else vision_config,
-            text_config=text_config,
-            image_token_id=image_token_id,
-            vision_feature_layer=vision_feature_layer,
-            multi_level_feature_layers=multi_level_feature_layers,
-            **kwargs,
-        )
+        if kwargs.get("vision_config") is None:
+            kwargs["vision_config"] = SIGLIP_SO400M_CONFIG
+        kwargs.setdefault("vision_feature_layer", -1)  # the original reads SigLIP's last layer
+        super().__init__(**kwargs)
         num_patches = self.vision_grid_size**2
         if not threshold > 0:
             raise ValueError(f"threshold={threshold} must be > 0: every score is >= 0, so every patch would pass.")
@@ -108,3 +99,12 @@ class SeTokConfig(CompressedVLMConfig):
     def image_seq_length(self) -> int:
         """Placeholders one image takes in the LLM sequence: the upper bound `max_image_tokens`."""
         return self.max_image_tokens
+
+    def visual_token_budget(self) -> dict[str, str]:
+        tower, per_view = self.vision_grid_size**2, self.image_seq_length
+        return {
+            "tokens_per_image": f"dynamic, at most {per_view}",
+            "compression_ratio": f"at least {tower / per_view:g}x ({tower} -> <= {per_view})",
+            "token_note": "The number of tokens depends on the image (one per semantic cluster); "
+            f"the processor writes {per_view} placeholders and the unused ones are masked out.",
+        }

@@ -26,11 +26,6 @@ class TokenPackerConfig(CompressedVLMConfig):
 
     def __init__(
         self,
-        vision_config=None,
-        text_config=None,
-        image_token_id: int | None = None,
-        vision_feature_layer: int = -2,
-        multi_level_feature_layers: list[int] | None = None,
         scale_factor: int = 2,
         compressor_hidden_size: int | None = None,
         compressor_head_dim: int = 128,
@@ -39,14 +34,7 @@ class TokenPackerConfig(CompressedVLMConfig):
         patch_num: int | None = None,
         **kwargs,
     ):
-        super().__init__(
-            vision_config=vision_config,
-            text_config=text_config,
-            image_token_id=image_token_id,
-            vision_feature_layer=vision_feature_layer,
-            multi_level_feature_layers=multi_level_feature_layers,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         if scale_factor < 1 or self.vision_grid_size % scale_factor != 0:
             raise ValueError(
                 f"scale_factor={scale_factor} must divide the vision grid of {self.vision_grid_size} patches per side "
@@ -81,3 +69,16 @@ class TokenPackerConfig(CompressedVLMConfig):
     def image_seq_length(self) -> int:
         """Placeholder tokens one image takes in the LLM sequence: (grid / scale_factor)^2."""
         return self.compressed_grid_size**2
+
+    def visual_token_budget(self) -> dict[str, str]:
+        """HD: a separator after each view and up to `patch_num` tiles plus a global view per image."""
+        if self.patch_num is None:
+            return super().visual_token_budget()
+        tower, per_view = self.vision_grid_size**2, self.image_seq_length
+        most = (per_view + 1) * (self.patch_num + 1)
+        return {
+            "tokens_per_image": f"{per_view} per view plus one separator; {per_view + 1} to {most} per image",
+            "compression_ratio": f"{tower / per_view:g}x per view ({tower} -> {per_view})",
+            "token_note": f"High resolution: each image is cut into at most {self.patch_num} tiles of "
+            f"{self.vision_config.image_size} px, plus a global view when there are several tiles.",
+        }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from .base import CompressedVLMConfig
+from .base import CompressedVLMConfig, positive_int
 
 
 class VoCoLlamaConfig(CompressedVLMConfig):
@@ -25,30 +25,19 @@ class VoCoLlamaConfig(CompressedVLMConfig):
 
     def __init__(
         self,
-        vision_config=None,
-        text_config=None,
-        image_token_id: int | None = None,
-        vision_feature_layer: int = -2,
-        multi_level_feature_layers: list[int] | None = None,
         num_voco_tokens: int = 1,
         voco_token_id: int | None = None,
         **kwargs,
     ):
-        super().__init__(
-            vision_config=vision_config,
-            text_config=text_config,
-            image_token_id=image_token_id,
-            vision_feature_layer=vision_feature_layer,
-            multi_level_feature_layers=[] if multi_level_feature_layers is None else multi_level_feature_layers,
-            **kwargs,
-        )
-        if not isinstance(num_voco_tokens, int) or num_voco_tokens < 1:
-            raise ValueError(f"num_voco_tokens must be a positive integer, got {num_voco_tokens!r}.")
+        if kwargs.get("multi_level_feature_layers") is None:
+            kwargs["multi_level_feature_layers"] = []
+        super().__init__(**kwargs)
+        positive_int("num_voco_tokens", num_voco_tokens)
         if voco_token_id is None:
             # A private copy, so that growing the vocabulary never changes a config object the caller still holds.
             self.text_config = copy.deepcopy(self.text_config)
             voco_token_id = self.text_config.vocab_size
-            if voco_token_id == image_token_id:
+            if voco_token_id == self.image_token_id:
                 raise ValueError(
                     f"voco_token_id=None appends <voco> at id {voco_token_id}, right after the LLM's vocabulary, but "
                     "<image> was added there already: add <voco> to the tokenizer as well and pass its id."
@@ -56,7 +45,7 @@ class VoCoLlamaConfig(CompressedVLMConfig):
             self.text_config.vocab_size += 1
         if voco_token_id < 0:
             raise ValueError(f"voco_token_id must be a token id, got {voco_token_id}.")
-        if voco_token_id == image_token_id:
+        if voco_token_id == self.image_token_id:
             raise ValueError(
                 f"<voco> and <image> share the id {voco_token_id}; they must be different tokens (the original "
                 "LLaVA-1.5 convention puts <image> at 32000, where VoCo-LLaMA's <voco> lives)."
@@ -68,3 +57,12 @@ class VoCoLlamaConfig(CompressedVLMConfig):
     def image_seq_length(self) -> int:
         """Image placeholders per image: every patch of the tower (576 for CLIP-L/14-336), before the VoCo tokens."""
         return self.vision_grid_size**2
+
+    def visual_token_budget(self) -> dict[str, str]:
+        tower, per_view, kept = self.vision_grid_size**2, self.image_seq_length, self.num_voco_tokens
+        return {
+            "tokens_per_image": f"{per_view} image tokens enter the LLM; {kept} VoCo tokens are kept in the KV cache",
+            "compression_ratio": f"{tower / kept:g}x ({tower} -> {kept} cached tokens)",
+            "token_note": "Text after the VoCo tokens cannot attend to the image tokens, so only the VoCo tokens' "
+            "keys and values are kept once the prompt is processed.",
+        }

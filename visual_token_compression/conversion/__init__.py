@@ -1,7 +1,8 @@
 """Checkpoint conversion: original TokenPacker(-HD) / QueCC / VoCo-LLaMA / SeTok checkpoints and llava-hf models.
 
-Each method module exposes a pure `convert_state_dict()` (raises on unknown keys) and `convert_checkpoint()`
-(writes a `save_pretrained` folder); `convert_cli` is `vtc convert`. `conversion_scripts/` holds runnable wrappers.
+Each method module exposes a pure `convert_state_dict()` (raises on unknown keys) and an `OriginalConverter`, the
+registry's `ModelType.converter`; `common.convert_checkpoint` writes a `save_pretrained` folder with it.
+`convert_cli` is `vtc convert`. `conversion_scripts/` holds runnable wrappers.
 """
 
 from .cli import convert_cli

@@ -5,32 +5,33 @@ from __future__ import annotations
 import argparse
 import logging
 
-ORIGINAL_METHODS = ("tokenpacker", "quecc", "voco_llama", "setok")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One source per registered model type with original checkpoints, plus the llava-hf start for every type."""
+    from ..auto import MODEL_TYPES
+
     parser = argparse.ArgumentParser(
         prog="vtc convert", description="Convert original checkpoints, or start a compressed VLM from llava-hf."
     )
     sources = parser.add_subparsers(dest="source", required=True)
-    for method in ORIGINAL_METHODS:
+    for method, entry in MODEL_TYPES.items():
+        if entry.converter is None:
+            continue
         sub = sources.add_parser(method, help=f"an original {method} checkpoint folder (config.json + weights)")
         sub.add_argument("--checkpoint", required=True, help="folder of the original checkpoint")
         sub.add_argument("--vision-tower", help="folder of the vision tower (the originals save none)")
         sub.add_argument("--tokenizer", help="tokenizer folder, if not the checkpoint's")
-        if method == "tokenpacker":
-            sub.add_argument("--scale-factor", type=int, help="2/3/4; else config.json's or the name's '-64token'")
-            sub.add_argument("--patch-num", type=int, help="HD: 9/16/25; else config.json's or the name's '-16patch-'")
-        if method == "voco_llama":
-            sub.add_argument("--num-voco-tokens", type=int, default=2, help="VoCo tokens trained with (released: 2)")
+        entry.converter.add_arguments(sub)
         sub.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's")
         _add_config(sub)
         _add_output(sub)
 
-    llava = sources.add_parser("llava-hf", help="a new compressor between an llava-hf model's tower and LLM")
+    llava = sources.add_parser("llava-hf", help="a compressed VLM on an llava-hf model's tower and LLM")
     llava.add_argument("--llava", required=True, help="folder of an llava-hf LlavaForConditionalGeneration")
-    llava.add_argument("--model-type", required=True, help="the compressor: tokenpacker, quecc, voco_llama, setok")
+    # No argparse `choices`: an unknown type is reported like every other conversion error.
+    llava.add_argument("--model-type", required=True, help=f"the compressor: {', '.join(MODEL_TYPES)}")
     llava.add_argument(
         "--config",
         action="append",
@@ -86,11 +87,9 @@ def convert_cli(argv: list[str] | None = None) -> int:
                 **fields,
             )
         else:
-            from importlib import import_module
+            from .common import convert_checkpoint
 
-            output = import_module(f".{args.source}", __package__).convert_checkpoint(
-                **options, config_overrides=fields
-            )
+            output = convert_checkpoint(args.source, **options, config_overrides=fields)
     except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"vtc convert: error: {error}")
         return 1

@@ -1,4 +1,8 @@
-"""What every conversion shares: reading original checkpoints, renaming keys, the LLaMA config, writing the output."""
+"""What every conversion shares: reading original checkpoints, renaming keys, the LLaMA config, writing the output.
+
+`convert_checkpoint` is the one conversion of an original checkpoint folder; an `OriginalConverter` (the registry's
+`ModelType.converter`) supplies what differs per method: key renames, config fields, processor arguments.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -206,3 +211,94 @@ def tower_config(vision_tower: str | None, state_dict: dict[str, torch.Tensor], 
     if hidden != DEFAULT_VISION_CONFIG["hidden_size"]:
         raise ValueError(f"mm_hidden_size={hidden} is not CLIP-L/14-336's; pass --vision-tower.")
     return dict(DEFAULT_VISION_CONFIG)
+
+
+class OriginalConverter:
+    """What one method's original checkpoints need beyond the steps every conversion shares.
+
+    Subclasses set `convert_state_dict` (pure, raises on unknown keys); the other hooks default to a LLaVA-1.5 fork
+    that only adds its compressor.
+    """
+
+    # Keys of the original config.json that are the method's, not the LLM's.
+    method_config_keys: tuple[str, ...] = ()
+    # Set when the conversion cannot run without --vision-tower: the error that asks for it.
+    vision_tower_required: str | None = None
+
+    def convert_state_dict(self, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def add_arguments(self, parser) -> None:
+        """The method's own `vtc convert <method>` options; their values reach `config_fields`."""
+
+    def config_fields(
+        self, original_config: dict, state_dict: dict[str, torch.Tensor], text_config, vision_config, name: str
+    ) -> dict[str, Any]:
+        """Config fields besides the towers and token ids, from the original config, weights and release name."""
+        return {"vision_feature_layer": vision_feature_layer(original_config)}
+
+    def processor_kwargs(self, config, tokenizer) -> dict[str, Any]:
+        return {}
+
+
+def add_special_tokens(tokenizer, special_tokens: dict[str, str], rows: int) -> dict[str, int]:
+    """The method's tokens (config field -> token), added after the base vocabulary unless the tokenizer has them,
+    as the originals do; each must fit the checkpoint's embedding rows, which were trained with it."""
+    ids = {}
+    for field, token in special_tokens.items():
+        if token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([token], special_tokens=True)
+        ids[field] = tokenizer.convert_tokens_to_ids(token)
+        if ids[field] >= rows:
+            raise ValueError(f"{token} has id {ids[field]} but the checkpoint's embeddings have only {rows} rows.")
+    return ids
+
+
+def convert_checkpoint(
+    model_type: str,
+    checkpoint: str | Path,
+    output: str | Path,
+    vision_tower: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
+    config_overrides: dict | None = None,
+    **options,
+) -> Path:
+    """Write a `save_pretrained` folder (model + processor) converted from an original `model_type` checkpoint.
+
+    `options` are the method's own `vtc convert` options (`OriginalConverter.add_arguments`); `config_overrides`
+    are config fields the original hard-codes (e.g. TokenPacker's `compressor_head_dim`, 128 there).
+    """
+    from transformers import AutoTokenizer
+
+    from ..auto import MODEL_TYPES
+
+    entry = MODEL_TYPES[model_type]
+    converter = entry.converter
+    if converter.vision_tower_required and vision_tower is None:
+        raise ValueError(converter.vision_tower_required)
+    output = prepare_output(output, overwrite)
+    original_config = load_original_config(checkpoint)
+    state_dict = converter.convert_state_dict(load_original_state_dict(checkpoint))
+    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    rows = state_dict["model.language_model.embed_tokens.weight"].shape[0]
+    token_ids = add_special_tokens(text_tokenizer, entry.special_tokens, rows)
+    image_token_id = add_image_token(text_tokenizer)
+    text_config = llama_text_config(original_config, converter.method_config_keys)
+    vision_config = tower_config(vision_tower, state_dict, original_config)
+    name = checkpoint_name(checkpoint, original_config)
+    config = entry.config_class(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=image_token_id,
+        **token_ids,
+        **converter.config_fields(original_config, state_dict, text_config, vision_config, name, **options),
+        **(config_overrides or {}),
+    )
+    model = assemble(entry.for_generation_class, config, state_dict, vision_tower)
+    processor = entry.processor_class.from_config(
+        model.config, text_tokenizer, **converter.processor_kwargs(model.config, text_tokenizer)
+    )
+    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
+    return output

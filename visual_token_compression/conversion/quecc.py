@@ -8,23 +8,10 @@ vision-tower weights.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
-from .common import (
-    add_image_token,
-    assemble,
-    finish_and_save,
-    llama_text_config,
-    load_original_config,
-    load_original_state_dict,
-    prepare_output,
-    rename_keys,
-    resolve_dtype,
-    tower_config,
-    vision_feature_layer,
-)
+from .common import OriginalConverter, rename_keys
 
 QUECC = r"^model\.mm_projector\.0\."
 # (original key pattern, our key pattern), tried in order; the first match wins.
@@ -58,57 +45,24 @@ def convert_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return rename_keys(original, KEY_RENAMES, "QueCC", packed_attention=PACKED_ATTENTION)
 
 
-def config_from_original(original_config: dict, vision_config, image_token_id: int, **overrides):
-    """A `QueCCConfig` from the original `config.json` (LLaMA fields + mm_vision_token_compression_* fields)."""
-    from ..configuration.quecc import QueCCConfig
+class QueCCConverter(OriginalConverter):
+    convert_state_dict = staticmethod(convert_state_dict)
 
-    compression = original_config.get("mm_vision_token_compression_type")
-    if compression != "quecc":
-        raise ValueError(f"mm_vision_token_compression_type is {compression!r}; a QueCC checkpoint has 'quecc'.")
-    for field in ("mm_vision_token_compression_kernel_size", "mm_vision_token_compression_stride"):
-        if original_config.get(field) is None:
-            raise ValueError(f"The original config.json has no {field}; the released scripts use 4.")
-    text_config = llama_text_config(original_config)
-    query_width = original_config.get("mm_vision_output_text_embedding_size", text_config.hidden_size)
-    if query_width != text_config.hidden_size:
-        raise ValueError(
-            f"mm_vision_output_text_embedding_size={query_width} is not the LLM width {text_config.hidden_size}."
-        )
-    return QueCCConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=image_token_id,
-        vision_feature_layer=vision_feature_layer(original_config),
-        kernel_size=int(original_config["mm_vision_token_compression_kernel_size"]),
-        stride=int(original_config["mm_vision_token_compression_stride"]),
-        **overrides,
-    )
-
-
-def convert_checkpoint(
-    checkpoint: str | Path,
-    output: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    dtype: str = "auto",
-    overwrite: bool = False,
-    config_overrides: dict | None = None,
-) -> Path:
-    """Write a `save_pretrained` folder (model + processor) converted from an original QueCC checkpoint folder."""
-    from transformers import AutoTokenizer
-
-    from ..modeling.quecc import QueCCForConditionalGeneration
-    from ..processing.quecc import QueCCProcessor
-
-    output = prepare_output(output, overwrite)
-    original_config = load_original_config(checkpoint)
-    state_dict = convert_state_dict(load_original_state_dict(checkpoint))
-    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    image_token_id = add_image_token(text_tokenizer)
-    config = config_from_original(
-        original_config, tower_config(vision_tower, state_dict, original_config), image_token_id
-    )
-    model = assemble(QueCCForConditionalGeneration, config, state_dict, vision_tower)
-    processor = QueCCProcessor.from_config(config, text_tokenizer)
-    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
-    return output
+    def config_fields(self, original_config, state_dict, text_config, vision_config, name):
+        """kernel_size and stride from the mm_vision_token_compression_* fields, after checking the query width."""
+        compression = original_config.get("mm_vision_token_compression_type")
+        if compression != "quecc":
+            raise ValueError(f"mm_vision_token_compression_type is {compression!r}; a QueCC checkpoint has 'quecc'.")
+        for field in ("mm_vision_token_compression_kernel_size", "mm_vision_token_compression_stride"):
+            if original_config.get(field) is None:
+                raise ValueError(f"The original config.json has no {field}; the released scripts use 4.")
+        query_width = original_config.get("mm_vision_output_text_embedding_size", text_config.hidden_size)
+        if query_width != text_config.hidden_size:
+            raise ValueError(
+                f"mm_vision_output_text_embedding_size={query_width} is not the LLM width {text_config.hidden_size}."
+            )
+        return {
+            **super().config_fields(original_config, state_dict, text_config, vision_config, name),
+            "kernel_size": int(original_config["mm_vision_token_compression_kernel_size"]),
+            "stride": int(original_config["mm_vision_token_compression_stride"]),
+        }

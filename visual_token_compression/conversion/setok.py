@@ -8,21 +8,10 @@ so the folder conversion is exercised on tiny checkpoints only.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
-from .common import (
-    add_image_token,
-    assemble,
-    finish_and_save,
-    llama_text_config,
-    load_original_config,
-    load_original_state_dict,
-    prepare_output,
-    rename_keys,
-    resolve_dtype,
-)
+from .common import OriginalConverter, rename_keys
 
 TOKENIZER = r"^(?:tokenizer\.|model\.vision_tower\.)?"
 # (original key pattern, our key pattern), tried in order; the first match wins.
@@ -70,38 +59,13 @@ def convert_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return converted
 
 
-def convert_checkpoint(
-    checkpoint: str | Path,
-    output: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    dtype: str = "auto",
-    overwrite: bool = False,
-    config_overrides: dict | None = None,
-) -> Path:
-    """Write a `save_pretrained` folder from a Setokim checkpoint folder and its SigLIP tower (--vision-tower)."""
-    from transformers import AutoConfig, AutoTokenizer
+class SeTokConverter(OriginalConverter):
+    vision_tower_required = "SeTok needs --vision-tower: the folder of its SigLIP tower (siglip-so400m-patch14-384)."
+    convert_state_dict = staticmethod(convert_state_dict)
 
-    from ..configuration.setok import SeTokConfig
-    from ..modeling.setok import SeTokForConditionalGeneration
-    from ..processing.setok import SeTokProcessor
-
-    if vision_tower is None:
-        raise ValueError("SeTok needs --vision-tower: the folder of its SigLIP tower (siglip-so400m-patch14-384).")
-    output = prepare_output(output, overwrite)
-    original_config = load_original_config(checkpoint)
-    state_dict = convert_state_dict(load_original_state_dict(checkpoint))
-    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    tower = AutoConfig.from_pretrained(vision_tower)
-    config = SeTokConfig(
-        vision_config=getattr(tower, "vision_config", tower),
-        text_config=llama_text_config(original_config),
-        image_token_id=add_image_token(text_tokenizer),
-        token_feat_dim=state_dict["model.compressor.out.weight"].shape[0],
-        compressor_intermediate_size=state_dict["model.compressor.inner_encoder.mlp.fc1.weight"].shape[0],
-        **(config_overrides or {}),
-    )
-    model = assemble(SeTokForConditionalGeneration, config, state_dict, vision_tower)
-    processor = SeTokProcessor.from_config(config, text_tokenizer)
-    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
-    return output
+    def config_fields(self, original_config, state_dict, text_config, vision_config, name):
+        """Widths read off the weights; the original reads its tower's features at SeTok's own default layer."""
+        return {
+            "token_feat_dim": state_dict["model.compressor.out.weight"].shape[0],
+            "compressor_intermediate_size": state_dict["model.compressor.inner_encoder.mlp.fc1.weight"].shape[0],
+        }

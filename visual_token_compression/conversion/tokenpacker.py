@@ -10,25 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from pathlib import Path
 
 import torch
 
-from .common import (
-    add_image_token,
-    assemble,
-    checkpoint_name,
-    finish_and_save,
-    hint_from_name,
-    llama_text_config,
-    load_original_config,
-    load_original_state_dict,
-    prepare_output,
-    rename_keys,
-    resolve_dtype,
-    tower_config,
-    vision_feature_layer,
-)
+from .common import OriginalConverter, hint_from_name, rename_keys
 
 logger = logging.getLogger(__name__)
 
@@ -98,69 +83,27 @@ def infer_patch_num(original_config: dict, name: str, patch_num: int | None) -> 
     )
 
 
-def config_from_original(
-    original_config: dict,
-    vision_config,
-    image_token_id: int,
-    name: str = "",
-    scale_factor: int | None = None,
-    patch_num: int | None = None,
-    **overrides,
-):
-    """A `TokenPackerConfig` from the original `config.json` (LLaMA fields + mm_* fields + scale_factor);
-    `overrides` are config fields the original hard-codes (e.g. `compressor_head_dim`, 128 there)."""
-    from ..configuration.tokenpacker import TokenPackerConfig
+class TokenPackerConverter(OriginalConverter):
+    """HD checkpoints get `row_separator="<unk>"`: the released Vicuna models saw the `<unk>` embedding after each
+    row of tiles (the original's `convert_tokens_to_ids('\\n')` is unk for LLaMA vocabularies)."""
 
-    tower = vision_config if isinstance(vision_config, dict) else vision_config.to_dict()
-    grid = tower["image_size"] // tower["patch_size"]
-    return TokenPackerConfig(
-        vision_config=vision_config,
-        text_config=llama_text_config(original_config, METHOD_CONFIG_KEYS),
-        image_token_id=image_token_id,
-        vision_feature_layer=vision_feature_layer(original_config),
-        scale_factor=infer_scale_factor(original_config, name, grid, scale_factor),
-        patch_num=infer_patch_num(original_config, name, patch_num),
-        **overrides,
-    )
+    method_config_keys = METHOD_CONFIG_KEYS
+    convert_state_dict = staticmethod(convert_state_dict)
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--scale-factor", type=int, help="2/3/4; else config.json's or the name's '-64token'")
+        parser.add_argument("--patch-num", type=int, help="HD: 9/16/25; else config.json's or the name's '-16patch-'")
 
-def convert_checkpoint(
-    checkpoint: str | Path,
-    output: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    scale_factor: int | None = None,
-    patch_num: int | None = None,
-    dtype: str = "auto",
-    overwrite: bool = False,
-    config_overrides: dict | None = None,
-) -> Path:
-    """Write a `save_pretrained` folder (model + processor) converted from an original checkpoint folder.
+    def config_fields(
+        self, original_config, state_dict, text_config, vision_config, name, scale_factor=None, patch_num=None
+    ):
+        tower = vision_config if isinstance(vision_config, dict) else vision_config.to_dict()
+        grid = tower["image_size"] // tower["patch_size"]
+        return {
+            **super().config_fields(original_config, state_dict, text_config, vision_config, name),
+            "scale_factor": infer_scale_factor(original_config, name, grid, scale_factor),
+            "patch_num": infer_patch_num(original_config, name, patch_num),
+        }
 
-    HD checkpoints get `row_separator="<unk>"`: the released Vicuna models saw the `<unk>` embedding after each
-    row of tiles (the original's `convert_tokens_to_ids('\\n')` is unk for LLaMA vocabularies).
-    """
-    from transformers import AutoTokenizer
-
-    from ..modeling.tokenpacker import TokenPackerForConditionalGeneration
-    from ..processing.tokenpacker import TokenPackerProcessor
-
-    output = prepare_output(output, overwrite)
-    original_config = load_original_config(checkpoint)
-    state_dict = convert_state_dict(load_original_state_dict(checkpoint))
-    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    image_token_id = add_image_token(text_tokenizer)
-    config = config_from_original(
-        original_config,
-        tower_config(vision_tower, state_dict, original_config),
-        image_token_id,
-        name=checkpoint_name(checkpoint, original_config),
-        scale_factor=scale_factor,
-        patch_num=patch_num,
-        **(config_overrides or {}),
-    )
-    model = assemble(TokenPackerForConditionalGeneration, config, state_dict, vision_tower)
-    separators = {"row_separator": text_tokenizer.unk_token} if config.patch_num is not None else {}
-    processor = TokenPackerProcessor.from_config(config, text_tokenizer, **separators)
-    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
-    return output
+    def processor_kwargs(self, config, tokenizer):
+        return {"row_separator": tokenizer.unk_token} if config.patch_num is not None else {}

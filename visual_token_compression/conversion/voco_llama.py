@@ -7,24 +7,10 @@ The released code hard-codes 2 VoCo tokens (voco_llama.md §2.2, §9.4).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..compat import TRANSFORMERS_V5
-from .common import (
-    add_image_token,
-    assemble,
-    finish_and_save,
-    llama_text_config,
-    load_original_config,
-    load_original_state_dict,
-    prepare_output,
-    rename_keys,
-    resolve_dtype,
-    tower_config,
-    vision_feature_layer,
-)
+from .common import OriginalConverter, rename_keys
 
 # 5.x builds CLIPVisionModel without its `vision_model.` level; 4.x keeps it.
 VISION_PREFIX = "model.vision_tower." if TRANSFORMERS_V5 else "model.vision_tower.vision_model."
@@ -44,62 +30,17 @@ def convert_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return rename_keys(original, KEY_RENAMES, "VoCo-LLaMA")
 
 
-def config_from_original(
-    original_config: dict, vision_config, image_token_id: int, voco_token_id: int, num_voco_tokens: int, **overrides
-):
-    """A `VoCoLlamaConfig` from the original `config.json` (LLaMA fields + mm_* / tokenizer_* fields)."""
-    from ..configuration.voco_llama import VoCoLlamaConfig
+class VoCoLlamaConverter(OriginalConverter):
+    convert_state_dict = staticmethod(convert_state_dict)
 
-    if original_config.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-        raise ValueError(f"Only the mlp2x_gelu projector is supported, got {original_config['mm_projector_type']!r}.")
-    return VoCoLlamaConfig(
-        vision_config=vision_config,
-        text_config=llama_text_config(original_config),
-        image_token_id=image_token_id,
-        vision_feature_layer=vision_feature_layer(original_config),
-        voco_token_id=voco_token_id,
-        num_voco_tokens=num_voco_tokens,
-        **overrides,
-    )
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--num-voco-tokens", type=int, default=2, help="VoCo tokens trained with (released: 2)")
 
-
-def convert_checkpoint(
-    checkpoint: str | Path,
-    output: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    num_voco_tokens: int = 2,
-    dtype: str = "auto",
-    overwrite: bool = False,
-    config_overrides: dict | None = None,
-) -> Path:
-    """Write a `save_pretrained` folder (model + processor) converted from an original VoCo-LLaMA checkpoint folder."""
-    from transformers import AutoTokenizer
-
-    from ..modeling.voco_llama import VoCoLlamaForConditionalGeneration
-    from ..processing.voco_llama import VoCoLlamaProcessor
-
-    output = prepare_output(output, overwrite)
-    original_config = load_original_config(checkpoint)
-    state_dict = convert_state_dict(load_original_state_dict(checkpoint))
-    rows = state_dict["model.language_model.embed_tokens.weight"].shape[0]
-    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    # The original adds <voco> right after the base vocabulary unless the tokenizer has it already.
-    if "<voco>" not in text_tokenizer.get_vocab():
-        text_tokenizer.add_tokens(["<voco>"], special_tokens=True)
-    voco_token_id = text_tokenizer.convert_tokens_to_ids("<voco>")
-    if voco_token_id >= rows:
-        raise ValueError(f"<voco> has id {voco_token_id} but the checkpoint's embeddings have only {rows} rows.")
-    image_token_id = add_image_token(text_tokenizer)
-    config = config_from_original(
-        original_config,
-        tower_config(vision_tower, state_dict, original_config),
-        image_token_id,
-        voco_token_id,
-        num_voco_tokens,
-        **(config_overrides or {}),
-    )
-    model = assemble(VoCoLlamaForConditionalGeneration, config, state_dict, vision_tower)
-    processor = VoCoLlamaProcessor.from_config(model.config, text_tokenizer)
-    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
-    return output
+    def config_fields(self, original_config, state_dict, text_config, vision_config, name, num_voco_tokens=2):
+        projector = original_config.get("mm_projector_type", "mlp2x_gelu")
+        if projector != "mlp2x_gelu":
+            raise ValueError(f"Only the mlp2x_gelu projector is supported, got {projector!r}.")
+        return {
+            **super().config_fields(original_config, state_dict, text_config, vision_config, name),
+            "num_voco_tokens": num_voco_tokens,
+        }

@@ -19,7 +19,12 @@ from transformers.generation.candidate_generator import (
     AssistedCandidateGeneratorDifferentTokenizers,
     PromptLookupCandidateGenerator,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+    ModelOutput,
+)
 from transformers.utils.generic import can_return_tuple
 
 from ..compat import (
@@ -36,19 +41,65 @@ from ..save_hooks import run_after_save
 from .vision import select_vision_features
 
 
+@dataclass
+class CompressorOutput(ModelOutput):
+    """What a compressor returns when a (views, tokens, hidden) tensor is not enough to say it.
+
+    `image_features`: (views, tokens, hidden), written into the image placeholders in order. `token_mask`: (views,
+    tokens), 1 on the slots the compressor filled and 0 on those it left unfilled (a dynamic token count, as SeTok's),
+    which the language model must not attend to; integers like an attention mask. `None` when every slot is filled.
+    """
+
+    image_features: torch.FloatTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class CompressedImageOutput(BaseModelOutputWithPooling):
+    """`get_image_features`' output: the vision tower's, with `pooler_output` the compressed features of each image,
+    one (tokens, hidden) tensor per image (an image of several views holds its views' tokens in order), and
+    `compressor_output`, the compressor's own output, views first."""
+
+    compressor_output: CompressorOutput | None = None
+
+
+@dataclass
+class LanguageModelInputs:
+    """What `forward` calls the language model with, and what `prepare_language_model_inputs` reads to edit it.
+
+    `placeholder_mask` (batch, seq): where this pass wrote image features, `None` without images.
+    `unfilled_image_slots` (batch, seq): placeholders the compressor left unfilled, `None` when there are none.
+    `cache_keep` (batch, seq): the new tokens later tokens may still attend to, set by a method whose attention rule
+    seals tokens (VoCo); `finish_language_model` drops the rest from the cache. `None`: keep everything.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.LongTensor | None
+    cache: Cache | None
+    input_ids: torch.LongTensor | None = None
+    placeholder_mask: torch.BoolTensor | None = None
+    unfilled_image_slots: torch.BoolTensor | None = None
+    cache_keep: torch.BoolTensor | None = None
+
+
 # Both outputs extend transformers' own, so their cache field has the installed release's name (`cache` from 5.24).
 @dataclass
 class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
-    """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden)."""
+    """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden).
+    `image_outputs`: `get_image_features`' output (the tower's states on request, per-image `pooler_output`), as
+    transformers' multimodal outputs carry it."""
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: CompressedImageOutput | None = None
 
 
 @dataclass
 class CompressedVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden)."""
+    """`image_hidden_states` and `image_outputs`: as `CompressedVLMModelOutputWithPast`'s."""
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: CompressedImageOutput | None = None
 
 
 class CompressedVLMPreTrainedModel(PreTrainedModel):
@@ -122,33 +173,50 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         **compressor_inputs,
-    ) -> BaseModelOutputWithPooling:
-        """The vision tower's output with the compressed features as `pooler_output`, as Llava's: one
-        (tokens_per_view, hidden) tensor per view, already at the LLM width. The tower's `hidden_states` are
-        computed anyway (the compressor reads them) but returned only on request (argument or config)."""
+    ) -> CompressedImageOutput:
+        """The vision tower's output with the compressed features of each image as `pooler_output`, as Llava's, at
+        the LLM width. The tower's `hidden_states` are computed anyway (the compressor reads them) but returned only
+        on request (argument or config). `image_sizes` (images, 2): each image's (height, width), for methods that
+        cut an image into several views."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        vision_outputs, compressed = self.encode_images(pixel_values, output_attentions, **compressor_inputs)
+        views_per_image = self.views_per_image(compressed.image_features.shape[0], image_sizes)
+        per_image = compressed.image_features.split(views_per_image)
+        return CompressedImageOutput(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=[views.flatten(0, 1) for views in per_image],
+            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
+            attentions=vision_outputs.attentions,
+            compressor_output=compressed,
+        )
+
+    def encode_images(
+        self, pixel_values: torch.Tensor, output_attentions: bool = False, **compressor_inputs
+    ) -> tuple[BaseModelOutputWithPooling, CompressorOutput]:
+        """The vision tower's output (every hidden state) and the compressor's, views first."""
         vision_outputs = self.vision_tower(
             pixel_values.to(self.vision_tower.dtype),
             output_hidden_states=True,
             output_attentions=output_attentions,
             return_dict=True,
         )
-        image_features = self.compress(vision_outputs.hidden_states, **compressor_inputs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=list(image_features),
-            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
-            attentions=vision_outputs.attentions,
-        )
+        compressed = self.compress(vision_outputs.hidden_states, **compressor_inputs)
+        if not isinstance(compressed, CompressorOutput):
+            compressed = CompressorOutput(image_features=compressed)
+        return vision_outputs, compressed
 
-    def compress(self, vision_hidden_states: tuple[torch.Tensor, ...], **compressor_inputs) -> torch.Tensor:
-        """The tower's hidden states -> the compressed features of every view, (views, tokens_per_view, hidden)."""
+    def compress(
+        self, vision_hidden_states: tuple[torch.Tensor, ...], **compressor_inputs
+    ) -> torch.Tensor | CompressorOutput:
+        """The tower's hidden states -> the compressed features of every view: a (views, tokens_per_view, hidden)
+        tensor, or a `CompressorOutput` for a compressor that leaves slots unfilled."""
         features = select_vision_features(
             vision_hidden_states,
             vision_feature_layer=self.config.vision_feature_layer,
@@ -157,11 +225,15 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         )
         return self.compressor(features, **compressor_inputs)
 
+    def views_per_image(self, num_views: int, image_sizes: torch.Tensor | None) -> list[int]:
+        """How many consecutive views of `pixel_values` each image has: one, unless a method tiles."""
+        if image_sizes is not None and len(image_sizes) != num_views:
+            raise ValueError(f"Got image_sizes for {len(image_sizes)} images but pixel_values for {num_views}.")
+        return [1] * num_views
+
     def get_compressed_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
-        """What `forward` writes into the placeholders: `get_image_features`' `pooler_output` as one
-        (views, tokens_per_view, hidden) tensor."""
-        outputs = self.get_image_features(pixel_values, return_dict=True, **compressor_inputs)
-        return torch.stack(outputs.pooler_output)
+        """What `forward` writes into the placeholders, (views, tokens_per_view, hidden)."""
+        return self.encode_images(pixel_values, **compressor_inputs)[1].image_features
 
     def blank_image_inputs(self) -> dict:
         """`get_compressed_image_features` arguments for one blank view (see `anchor_image_path`)."""
@@ -182,27 +254,42 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         """Where the image placeholders are, (batch, seq) bool."""
         if self.config.image_token_id is None:
             raise ValueError("config.image_token_id is not set: set it to tokenizer.convert_tokens_to_ids('<image>').")
+        return self.get_token_mask(self.config.image_token_id, input_ids, inputs_embeds)
+
+    def get_token_mask(
+        self, token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Where `token_id` is, (batch, seq); read from the embeddings when only those are given."""
         if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        image_embedding = self.get_input_embeddings()(
-            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
-        )
-        return (inputs_embeds == image_embedding).all(-1)
+            return input_ids == token_id
+        embedding = self.get_input_embeddings()(torch.tensor(token_id, dtype=torch.long, device=inputs_embeds.device))
+        return (inputs_embeds == embedding).all(-1)
 
     def merge_image_features(
         self, inputs_embeds: torch.Tensor, placeholder_mask: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
-        """Write the features into the placeholders in order, refusing any count mismatch."""
+        """Write the (tokens, hidden) features into the placeholders in order, refusing any count mismatch."""
         num_placeholders = int(placeholder_mask.sum())
-        num_features = image_features.shape[0] * image_features.shape[1]
-        if num_placeholders != num_features:
+        if num_placeholders != image_features.shape[0]:
             raise ValueError(
                 f"Image features and image tokens do not match: the text holds {num_placeholders} image "
-                f"placeholder tokens but the images give {num_features} features ({image_features.shape[0]} views "
-                f"x {image_features.shape[1]} tokens). Build inputs with the model's processor."
+                f"placeholder tokens but the images give {image_features.shape[0]} features. Build inputs with the "
+                "model's processor."
             )
-        image_features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds)
-        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
+        return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features.to(inputs_embeds))
+
+    def write_images(self, inputs: LanguageModelInputs, image_outputs: CompressedImageOutput) -> None:
+        """Write the images' features into their placeholders, and mark the slots the compressor left unfilled."""
+        placeholder_mask = self.get_placeholder_mask(inputs.input_ids, inputs.inputs_embeds)
+        inputs.inputs_embeds = self.merge_image_features(
+            inputs.inputs_embeds, placeholder_mask, torch.cat(list(image_outputs.pooler_output))
+        )
+        inputs.placeholder_mask = placeholder_mask
+        compressed = image_outputs.compressor_output
+        if compressed is not None and compressed.token_mask is not None:
+            unfilled = torch.zeros_like(placeholder_mask)
+            unfilled[placeholder_mask] = compressed.token_mask.flatten().to(unfilled.device) == 0
+            inputs.unfilled_image_slots = unfilled
 
     def check_placeholders_have_images(self, input_ids: torch.LongTensor | None, cache: Cache | None):
         """Placeholders in a prefill need pixel_values; after it they are generated text (the images are in the cache).
@@ -219,6 +306,15 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
                 f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
             )
 
+    def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
+        """The hook for a method's attention rule: edit the mask, positions or cache the language model gets
+        (VoCo seals its images there, SeTok masks unfilled slots). The embeddings hold the images already."""
+        return inputs
+
+    def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
+        """The hook after the language model: the cache `forward` returns (VoCo compresses it here)."""
+        return cache
+
     @can_return_tuple
     @accepts_past_key_values
     def forward(
@@ -230,37 +326,50 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
     ) -> CompressedVLMModelOutputWithPast:
+        """Embed, compress the images (or take `mm_encoder_outputs["image"]`, `get_image_features`' output) and
+        write them into their placeholders, let the method edit the language model's inputs, run it, let the method
+        edit the cache."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if pixel_values is not None and image_outputs is not None:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-
         compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
-        image_features = None
         if pixel_values is not None:
-            image_features = self.get_compressed_image_features(pixel_values, **compressor_inputs)
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
+            image_outputs = self.get_image_features(
+                pixel_values, image_sizes=image_sizes, return_dict=True, **compressor_inputs
+            )
+
+        inputs = LanguageModelInputs(inputs_embeds, attention_mask, position_ids, cache, input_ids=input_ids)
+        if image_outputs is not None:
+            self.write_images(inputs, image_outputs)
         else:
             self.check_placeholders_have_images(input_ids, cache)
-        if pixel_values is None and self.training and torch.is_grad_enabled():
-            inputs_embeds = self.anchor_image_path(inputs_embeds)
+            if self.training and torch.is_grad_enabled():
+                inputs.inputs_embeds = self.anchor_image_path(inputs.inputs_embeds)
+        inputs = self.prepare_language_model_inputs(inputs)
 
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            inputs_embeds=inputs.inputs_embeds,
             use_cache=use_cache,
-            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
+            **{**kwargs, CACHE_NAME: inputs.cache, "return_dict": True},
         )
+        compressed = None if image_outputs is None else image_outputs.compressor_output
         return CompressedVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            **{CACHE_NAME: output_cache(outputs)},
+            **{CACHE_NAME: self.finish_language_model(output_cache(outputs), inputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_hidden_states=None if compressed is None else compressed.image_features,
+            image_outputs=image_outputs,
         )
 
 
@@ -310,6 +419,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
     ) -> CompressedVLMCausalLMOutputWithPast:
         outputs = self.model(
@@ -320,6 +431,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            image_sizes=image_sizes,
+            mm_encoder_outputs=mm_encoder_outputs,
             return_dict=True,
             **kwargs,
         )
@@ -352,7 +465,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             or cache is None
             or cache.get_seq_length() == 0
         )
-        for name in ("pixel_values", *self.model_class.compressor_input_names):
+        for name in ("pixel_values", "image_sizes", "mm_encoder_outputs", *self.model_class.compressor_input_names):
             if keep:
                 model_inputs[name] = kwargs.get(name)
             else:
@@ -362,10 +475,10 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """As transformers' (beams, `num_return_sequences`), but the image inputs hold one row per view, not per
         sample (TokenPacker-HD gives each image several views): each sample's block of views is repeated
-        `expand_size` times in order, as its expanded rows read them."""
-        image_inputs = {}
-        if expand_size > 1 and model_kwargs.get("pixel_values") is not None:
-            image_inputs = self.expand_image_inputs(input_ids, model_kwargs, expand_size)
+        `expand_size` times in order, as its expanded rows read them. Images `generate` encoded before the prefill
+        (`mm_encoder_outputs`) get their per-view compressor output expanded likewise; transformers expands their
+        per-image `pooler_output`."""
+        image_inputs = self.expand_image_inputs(input_ids, model_kwargs, expand_size) if expand_size > 1 else {}
         rest = {key: value for key, value in model_kwargs.items() if key not in image_inputs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **rest
@@ -373,16 +486,22 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         return input_ids, {**model_kwargs, **image_inputs}
 
     def expand_image_inputs(self, input_ids, model_kwargs: dict, expand_size: int) -> dict:
-        """`pixel_values` and the compressor inputs, each sample's views repeated `expand_size` times. A sample's
-        number of views is its number of placeholders over the placeholders per view (the same for every view)."""
-        pixel_values = model_kwargs["pixel_values"]
+        """`pixel_values`, the compressor inputs (one row per view) and `image_sizes` (one row per image), each
+        sample's block repeated `expand_size` times; the compressor output of encoded images is expanded in place. A
+        sample's number of views is its number of placeholders over the placeholders per view (the same for every
+        view)."""
+        pixel_values = model_kwargs.get("pixel_values")
+        encoded = (model_kwargs.get("mm_encoder_outputs") or {}).get("image")
+        compressed = getattr(encoded, "compressor_output", None)
+        if pixel_values is None and compressed is None:
+            return {}
         if input_ids is not None and input_ids.shape[-1] == 0:
             input_ids = None  # `generate` from `inputs_embeds` alone
         inputs_embeds = model_kwargs.get("inputs_embeds")
         if (input_ids is None and inputs_embeds is None) or self.config.image_token_id is None:
             return {}
         placeholders = self.model.get_placeholder_mask(input_ids, inputs_embeds).sum(-1)
-        num_views = pixel_values.shape[0]
+        num_views = pixel_values.shape[0] if pixel_values is not None else compressed.image_features.shape[0]
         total = int(placeholders.sum())
         if num_views == 0 or total == 0 or total % num_views:
             return {}  # placeholders and views do not match: the forward pass reports it
@@ -391,15 +510,33 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             raise ValueError(
                 f"Every image view takes {per_view} placeholder tokens, but the samples hold {placeholders.tolist()}."
             )
-        views_per_sample = placeholders // per_view
-        index = torch.arange(num_views, device=pixel_values.device).split(views_per_sample.tolist())
-        index = torch.cat([block.repeat(expand_size) for block in index])
-        names = ("pixel_values", *self.model_class.compressor_input_names)
-        return {
-            name: model_kwargs[name][index.to(model_kwargs[name].device)]
-            for name in names
-            if isinstance(model_kwargs.get(name), torch.Tensor) and model_kwargs[name].shape[0] == num_views
-        }
+        views_per_sample = (placeholders // per_view).tolist()
+        view_index = _repeat_blocks(views_per_sample, expand_size, placeholders.device)
+
+        def per_view_rows(value):
+            if isinstance(value, torch.Tensor) and value.shape[0] == num_views:
+                return value[view_index.to(value.device)]
+            return value
+
+        if compressed is not None:
+            encoded.compressor_output = type(compressed)(
+                **{name: per_view_rows(value) for name, value in compressed.items()}
+            )
+        expanded = {}
+        for name in ("pixel_values", *self.model_class.compressor_input_names):
+            if isinstance(model_kwargs.get(name), torch.Tensor) and model_kwargs[name].shape[0] == num_views:
+                expanded[name] = per_view_rows(model_kwargs[name])
+        image_sizes = model_kwargs.get("image_sizes")
+        if isinstance(image_sizes, torch.Tensor):
+            views_per_image = torch.tensor(self.model.views_per_image(num_views, image_sizes))
+            first_views = torch.cumsum(views_per_image, 0) - views_per_image
+            sample_ends = torch.tensor(views_per_sample).cumsum(0)
+            images_per_sample = torch.bincount(
+                torch.searchsorted(sample_ends, first_views, right=True), minlength=len(views_per_sample)
+            )
+            image_index = _repeat_blocks(images_per_sample.tolist(), expand_size, image_sizes.device)
+            expanded["image_sizes"] = image_sizes[image_index]
+        return expanded
 
     def _get_candidate_generator(self, *args, **kwargs):
         """Keep image placeholders out of drafts (prompt lookup copies them from the prompt): the verifying forward
@@ -414,3 +551,9 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
                 [*(candidate_generator.logits_processor or []), no_placeholders]
             )
         return candidate_generator
+
+
+def _repeat_blocks(block_sizes: list[int], times: int, device) -> torch.LongTensor:
+    """Indices that repeat each consecutive block of rows `times` times in place: [0, 1, 0, 1, 2, 2] for [2, 1], 2."""
+    blocks = torch.arange(sum(block_sizes), device=device).split(block_sizes)
+    return torch.cat([block.repeat(times) for block in blocks])

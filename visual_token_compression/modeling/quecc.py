@@ -9,7 +9,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compat import accepts_past_key_values
 from ..configuration.quecc import QueCCConfig
-from .base import CompressedVLMCausalLMOutputWithPast, CompressedVLMForConditionalGeneration, CompressedVLMModel
+from .base import (
+    CompressedImageOutput,
+    CompressedVLMCausalLMOutputWithPast,
+    CompressedVLMForConditionalGeneration,
+    CompressedVLMModel,
+)
 from .layers import GeluMLP, LocalCrossAttention
 from .vision import VisionFeatures
 
@@ -132,20 +137,33 @@ class QueCCModel(CompressedVLMModel):
         query_input_ids: torch.LongTensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """As the base's, with each view compressed for its own question (`kwargs`: the base's options)."""
+    ) -> CompressedImageOutput:
+        """As the base's; the question inputs are named so that `generate`, which encodes the images before the
+        prefill, hands them over."""
+        return super().get_image_features(
+            pixel_values, query_input_ids=query_input_ids, query_attention_mask=query_attention_mask, **kwargs
+        )
+
+    def compress(
+        self,
+        vision_hidden_states: tuple[torch.Tensor, ...],
+        query_input_ids: torch.LongTensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As the base's, with each view compressed for its own question."""
         if query_input_ids is None:
             raise ValueError(
                 "QueCC compresses each image for a question: pass query_input_ids (and query_attention_mask), "
                 "one row per image, as QueCCProcessor returns them."
             )
-        if query_input_ids.shape[0] != pixel_values.shape[0]:
+        views = vision_hidden_states[0].shape[0]
+        if query_input_ids.shape[0] != views:
             raise ValueError(
                 f"QueCC needs one query row per image: got {query_input_ids.shape[0]} query_input_ids rows for "
-                f"{pixel_values.shape[0]} images."
+                f"{views} images."
             )
         query_embeds = self.get_query_embeds(query_input_ids, query_attention_mask)
-        return super().get_image_features(pixel_values, query_embeds=query_embeds, **kwargs)
+        return super().compress(vision_hidden_states, query_embeds=query_embeds)
 
 
 class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
@@ -165,6 +183,8 @@ class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         query_input_ids: torch.LongTensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
         **kwargs,
@@ -182,5 +202,7 @@ class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            image_sizes=image_sizes,
+            mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )

@@ -17,50 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import ModelOutput
-from transformers.utils.generic import can_return_tuple
 
-from ..compat import CACHE_NAME, accepts_past_key_values, output_cache
+from ..compat import CACHE_NAME
 from ..configuration.setok import SeTokConfig
-from .base import (
-    CompressedVLMCausalLMOutputWithPast,
-    CompressedVLMForConditionalGeneration,
-    CompressedVLMModel,
-    CompressedVLMModelOutputWithPast,
-)
+from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, CompressorOutput, LanguageModelInputs
 from .layers import GeluMLP
 from .setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
-from .vision import VisionFeatures, select_vision_features
+from .vision import VisionFeatures
 
 
 @dataclass
-class SeTokCompressorOutput(ModelOutput):
+class SeTokCompressorOutput(CompressorOutput):
     """image_features: (views, max_image_tokens, text_hidden), each view's `num_tokens` cluster tokens in its last
-    slots, zeros before them. token_mask: (views, max_image_tokens) True for the filled (last `num_tokens`) slots.
+    slots, zeros before them. token_mask: (views, max_image_tokens) 1 on the filled (last `num_tokens`) slots.
     cluster_tokens: (views, L, token_feat_dim) the SeTok tokens before the projector, first in each view, L the
     batch's largest count. cluster_labels, scores: (views, patches).
     """
 
-    image_features: torch.FloatTensor | None = None
-    token_mask: torch.BoolTensor | None = None
     num_tokens: torch.LongTensor | None = None
     cluster_tokens: torch.FloatTensor | None = None
     cluster_labels: torch.LongTensor | None = None
     scores: torch.FloatTensor | None = None
-
-
-@dataclass
-class SeTokModelOutputWithPast(CompressedVLMModelOutputWithPast):
-    """`attention_mask` / `position_ids`: what the LLM actually used, unfilled image slots masked out (prefill)."""
-
-    attention_mask: torch.Tensor | None = None
-    position_ids: torch.LongTensor | None = None
-
-
-@dataclass
-class SeTokCausalLMOutputWithPast(CompressedVLMCausalLMOutputWithPast):
-    attention_mask: torch.Tensor | None = None
-    position_ids: torch.LongTensor | None = None
 
 
 class SeTokAttention(nn.Module):
@@ -181,12 +158,12 @@ class SeTokCompressor(nn.Module):
         projected = self.projector(cluster_tokens)
         slots = torch.arange(config.max_image_tokens, device=labels.device)
         cluster_of_slot = slots - (config.max_image_tokens - clusters.num_tokens[:, None])
-        token_mask = cluster_of_slot >= 0
+        filled = cluster_of_slot >= 0
         index = cluster_of_slot.clamp(min=0)[:, :, None].expand(-1, -1, projected.shape[-1])
-        image_features = projected.gather(1, index) * token_mask[:, :, None]
+        image_features = projected.gather(1, index) * filled[:, :, None]
         return SeTokCompressorOutput(
             image_features=image_features,
-            token_mask=token_mask,
+            token_mask=filled.long(),
             num_tokens=clusters.num_tokens,
             cluster_tokens=cluster_tokens,
             cluster_labels=labels,
@@ -217,105 +194,48 @@ class SeTokModel(CompressedVLMModel):
     compressor_class = SeTokCompressor
     _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
-    def get_image_outputs(self, pixel_values: torch.Tensor) -> SeTokCompressorOutput:
-        """The compressor's full output: padded features, which slots are filled, the clusters."""
-        vision_outputs = self.vision_tower(
-            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
-        )
-        return self.cluster(vision_outputs.hidden_states)
-
-    def cluster(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> SeTokCompressorOutput:
-        """`get_image_outputs` from the tower's hidden states; SeTok reads the single level only."""
-        features = select_vision_features(
-            vision_hidden_states,
-            vision_feature_layer=self.config.vision_feature_layer,
-            num_patches=self.config.vision_grid_size**2,
-        )
-        return self.compressor(features)
-
-    def compress(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """(views, max_image_tokens, text_hidden): zeros, then each view's cluster tokens in its last slots."""
-        return self.cluster(vision_hidden_states).image_features
-
-    @can_return_tuple
-    @accepts_past_key_values
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ) -> SeTokModelOutputWithPast:
-        """As the base, but with images the unfilled placeholder slots are masked out and position ids recomputed
-        over the kept tokens (any `position_ids` given count those slots, so they are replaced). The slots are
-        recorded on the cache and stay masked in every later 2-D mask; missing position ids are likewise counted
-        over the kept tokens. (A 4-D mask comes from `generate`, built from a 2-D mask that is already masked.)"""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        batch, length = inputs_embeds.shape[:2]
-
-        image_outputs = unfilled = None
-        if attention_mask is None or attention_mask.ndim == 2:
-            unfilled = unfilled_image_slots(cache, attention_mask, length)
-        if pixel_values is not None:
-            image_outputs = self.get_image_outputs(pixel_values)
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_outputs.image_features)
-            if attention_mask is not None and attention_mask.ndim != 2:
+    def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
+        """Mask the unfilled image slots (this pass's, and those earlier prefills recorded on the cache) in the 2-D
+        mask and count position ids over the kept tokens; given position ids count those slots, so with images they
+        are replaced. (A 4-D mask comes from `generate`, built from a 2-D mask that is already masked.)"""
+        attention_mask, cache = inputs.attention_mask, inputs.cache
+        slots = inputs.unfilled_image_slots
+        if attention_mask is not None and attention_mask.ndim != 2:
+            if slots is not None:
                 raise ValueError(
                     f"SeTok masks unfilled image slots in a 2-D attention mask; got a {attention_mask.ndim}-D one."
                 )
-            slots = torch.zeros_like(placeholder_mask)
-            slots[placeholder_mask] = ~image_outputs.token_mask.flatten()
+            return inputs
+        batch, length = inputs.inputs_embeds.shape[:2]
+        unfilled = unfilled_image_slots(cache, attention_mask, length)
+        if slots is not None:
             if attention_mask is None:
                 past_length = int(cache.get_seq_length()) if cache is not None else 0
                 attention_mask = torch.ones((batch, past_length + length), dtype=torch.long, device=slots.device)
             past_length = attention_mask.shape[1] - length
             earlier = slots.new_zeros(batch, past_length) if unfilled is None else unfilled[:, :past_length]
             unfilled = torch.cat([earlier, slots], dim=1)
-            position_ids = None  # given ones count the unfilled slots
-        else:
-            self.check_placeholders_have_images(input_ids, cache)
+            inputs.position_ids = None
         if unfilled is not None:
             if attention_mask is None:
-                attention_mask = torch.ones(unfilled.shape, dtype=torch.long, device=inputs_embeds.device)
+                attention_mask = torch.ones(unfilled.shape, dtype=torch.long, device=inputs.inputs_embeds.device)
             attention_mask = attention_mask * ~unfilled.to(attention_mask.device)
-        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
-            position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
-        if pixel_values is None and self.training and torch.is_grad_enabled():
-            inputs_embeds = self.anchor_image_path(inputs_embeds)
+        if inputs.position_ids is None and attention_mask is not None:
+            inputs.position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
+        inputs.attention_mask = attention_mask
+        inputs.unfilled_image_slots = unfilled
+        return inputs
 
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
-        )
-        cache = output_cache(outputs)
-        if cache is not None and image_outputs is not None:
-            cache.unfilled_image_slots = unfilled
-        return SeTokModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            **{CACHE_NAME: cache},
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=None if image_outputs is None else image_outputs.image_features,
-            attention_mask=attention_mask if image_outputs is not None else None,
-            position_ids=position_ids if image_outputs is not None else None,
-        )
+    def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
+        """A prefill with images records its unfilled slots on the cache, for the masks of every later step."""
+        if cache is not None and inputs.placeholder_mask is not None:
+            cache.unfilled_image_slots = inputs.unfilled_image_slots
+        return cache
 
 
 class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = SeTokConfig
     model_class = SeTokModel
-    output_class = SeTokCausalLMOutputWithPast
     _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
@@ -333,6 +253,6 @@ class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
-        if model_inputs.get("pixel_values") is not None:
+        if model_inputs.get("pixel_values") is not None or (model_inputs.get("mm_encoder_outputs") or {}).get("image"):
             model_inputs["attention_mask"] = attention_mask
         return model_inputs

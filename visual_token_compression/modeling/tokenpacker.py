@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.tokenpacker import TokenPackerConfig
+from ..processing.tokenpacker_hd import choose_grid
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel
 from .layers import GeluMLP, LocalCrossAttention
 from .vision import VisionFeatures
@@ -74,6 +75,26 @@ class TokenPackerModel(CompressedVLMModel):
     config_class = TokenPackerConfig
     compressor_class = TokenPackerCompressor
     _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
+
+    def views_per_image(self, num_views: int, image_sizes: torch.Tensor | None) -> list[int]:
+        """TokenPacker-HD: each image's tiles (+ global view), from its size as the image processor chose them."""
+        if self.config.patch_num is None:
+            return super().views_per_image(num_views, image_sizes)
+        if image_sizes is None:
+            raise ValueError(
+                "TokenPacker-HD needs image_sizes (each image's height and width, as TokenPackerProcessor returns "
+                "them) to tell which views belong to which image."
+            )
+        tile_size = self.config.vision_config.image_size
+        counts = []
+        for height, width in image_sizes.tolist():
+            rows, cols = choose_grid(height, width, self.config.patch_num, tile_size)
+            counts.append(rows * cols + (rows * cols > 1))
+        if sum(counts) != num_views:
+            raise ValueError(
+                f"image_sizes give {sum(counts)} views ({counts} per image) but pixel_values holds {num_views}."
+            )
+        return counts
 
 
 class TokenPackerForConditionalGeneration(CompressedVLMForConditionalGeneration):

@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMode
-from transformers.utils.generic import can_return_tuple
 
-from ..compat import CACHE_NAME, TRANSFORMERS_V5, accepts_past_key_values, output_cache
+from ..compat import CACHE_NAME, TRANSFORMERS_V5, output_cache
 from ..configuration.voco_llama import VoCoLlamaConfig
-from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, CompressedVLMModelOutputWithPast
+from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, LanguageModelInputs
 from .layers import GeluMLP
 from .vision import VisionFeatures
 from .voco_cache import VoCoCache
@@ -77,15 +76,6 @@ class VoCoLlamaModel(CompressedVLMModel):
     config_class = VoCoLlamaConfig
     compressor_class = VoCoLlamaProjector
 
-    def get_voco_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Where the VoCo tokens are, (batch, seq) bool; read from the embeddings when only those are given."""
-        if input_ids is not None:
-            return input_ids == self.config.voco_token_id
-        voco_embedding = self.get_input_embeddings()(
-            torch.tensor(self.config.voco_token_id, dtype=torch.long, device=inputs_embeds.device)
-        )
-        return (inputs_embeds == voco_embedding).all(-1)
-
     def check_voco_layout(self, placeholder_mask: torch.Tensor, voco_mask: torch.Tensor):
         """Every image must be followed by its VoCo tokens; an image without them would reach the text unsealed."""
         starts = placeholder_mask & ~torch.nn.functional.pad(placeholder_mask[:, :-1], (1, 0), value=False)
@@ -108,22 +98,11 @@ class VoCoLlamaModel(CompressedVLMModel):
                 "{'text_config': 'sdpa', 'vision_config': 'flash_attention_2'}."
             )
 
-    @can_return_tuple
-    @accepts_past_key_values
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ) -> CompressedVLMModelOutputWithPast:
+    def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
+        """The VoCo rule as a 4-D mask over the new tokens and the cache, positions counting real tokens only, and,
+        at the prefill, which new tokens the cache keeps (`finish_language_model` drops the sealed ones)."""
         self.check_attention_backend()
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        attention_mask, cache = inputs.attention_mask, inputs.cache
         if attention_mask is not None and attention_mask.ndim != 2:
             raise ValueError("VoCo-LLaMA builds its own 4D attention mask; pass the 2D padding mask (batch, seq).")
         if cache is not None and not isinstance(cache, DynamicCache):
@@ -131,25 +110,17 @@ class VoCoLlamaModel(CompressedVLMModel):
                 f"VoCo-LLaMA needs a DynamicCache, got a {type(cache).__name__}: after the prefill it drops the sealed "
                 "image columns from the cache, which leaves a VoCoCache (a DynamicCache with fewer columns per row)."
             )
-        voco_mask = self.get_voco_mask(input_ids, inputs_embeds)
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+        voco_mask = self.get_token_mask(self.config.voco_token_id, inputs.input_ids, inputs.inputs_embeds)
         batch, query_length = voco_mask.shape
         past_length = cache.get_seq_length() if cache is not None else 0
-        if self.config.image_token_id is None and pixel_values is None:
-            placeholder_mask = torch.zeros_like(voco_mask)  # a text-only model
-        else:
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-
-        image_features = None
-        if pixel_values is not None:
-            image_features = self.get_compressed_image_features(pixel_values)
-            inputs_embeds = self.merge_image_features(inputs_embeds, placeholder_mask, image_features)
-        elif placeholder_mask.any() and past_length == 0:
-            raise ValueError(
-                f"The text holds {int(placeholder_mask.sum())} image placeholder tokens but no pixel_values were given."
-            )
         if past_length == 0:
+            placeholder_mask = inputs.placeholder_mask
+            if placeholder_mask is None:
+                placeholder_mask = (
+                    torch.zeros_like(voco_mask)  # a text-only model
+                    if self.config.image_token_id is None
+                    else self.get_placeholder_mask(inputs.input_ids, inputs.inputs_embeds)
+                )
             self.check_voco_layout(placeholder_mask, voco_mask)
         elif voco_mask.any():
             raise ValueError(
@@ -167,32 +138,20 @@ class VoCoLlamaModel(CompressedVLMModel):
                 if attention_mask is not None
                 else voco_mask.new_ones(batch, past_length + query_length)
             )
-        mask, keep = voco_attention_mask(
-            voco_mask, key_padding_mask.to(voco_mask.device), physical_past, inputs_embeds.dtype
+        inputs.attention_mask, keep = voco_attention_mask(
+            voco_mask, key_padding_mask.to(voco_mask.device), physical_past, inputs.inputs_embeds.dtype
         )
-        if position_ids is None:
-            position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
-        if pixel_values is None and self.training and torch.is_grad_enabled():
-            inputs_embeds = self.anchor_image_path(inputs_embeds)
+        if inputs.position_ids is None:
+            inputs.position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
+        # Sealed columns are invisible to every later token: dropping them after the prefill loses nothing.
+        inputs.cache_keep = keep if past_length == 0 else None
+        return inputs
 
-        outputs = self.language_model(
-            attention_mask=mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **{**kwargs, CACHE_NAME: cache, "return_dict": True},
-        )
-        cache = output_cache(outputs)
-        if cache is not None and past_length == 0:
-            # Sealed columns are invisible to every later token: dropping them loses nothing.
-            cache = VoCoCache.compress(cache, keep, prefix_ids=input_ids)
-        return CompressedVLMModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            **{CACHE_NAME: cache},
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
+    def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
+        """After the prefill, the cache keeps only the columns later tokens may attend to (a `VoCoCache`)."""
+        if cache is None or inputs.cache_keep is None:
+            return cache
+        return VoCoCache.compress(cache, inputs.cache_keep, prefix_ids=inputs.input_ids)
 
     @staticmethod
     def position_ids(attention_mask, past_length: int, batch: int, query_length: int, device) -> torch.LongTensor:

@@ -5,6 +5,7 @@ from .quecc import QueCCProcessor
 from .setok import SeTokProcessor
 from .tokenpacker import TokenPackerProcessor
 from .tokenpacker_hd import TokenPackerImageProcessor
+from .visionzip import VisionZipProcessor
 from .voco_llama import VoCoLlamaProcessor
 
 __all__ = ["VICUNA_V1", "CompressedVLMProcessor", "TokenPackerProcessor", "build_image_processor", "load_image"]
@@ -12,3 +13,4 @@ __all__ += ["QueCCProcessor"]
 __all__ += ["SeTokProcessor"]
 __all__ += ["VoCoLlamaProcessor"]
 __all__ += ["TokenPackerImageProcessor"]
+__all__ += ["VisionZipProcessor"]

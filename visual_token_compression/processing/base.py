@@ -116,12 +116,21 @@ class CompressedVLMProcessor(ProcessorMixin):
             raise ValueError("image_seq_length is not set on this processor.")
         return [self.image_seq_length] * len(image_sizes)
 
+    def num_views(self, image_size: tuple[int, int]) -> int:
+        """Views of `pixel_values` an image of this (height, width) becomes: one, unless a method tiles."""
+        return 1
+
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
-        """Placeholder counts per image for serving stacks (vLLM and others)."""
+        """For serving stacks (vLLM and others): the tokens of each image's whole span in the text (its placeholders
+        and any layout text between them, as `mm_token_type_ids` marks them) and its views."""
         if image_sizes is None:
             return MultiModalData()
-        counts = self.image_token_counts([tuple(size) for size in image_sizes])
-        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+        sizes = [tuple(size) for size in image_sizes]
+        spans = [self.image_text(size) for size in sizes]
+        return MultiModalData(
+            num_image_tokens=[len(ids) for ids in self.tokenizer(spans, add_special_tokens=False)["input_ids"]],
+            num_image_patches=[self.num_views(size) for size in sizes],
+        )
 
     def preprocess_images(self, images, **images_kwargs) -> dict:
         """Pixel tensors for the tower; methods that tile override this."""
@@ -169,12 +178,17 @@ class CompressedVLMProcessor(ProcessorMixin):
         text_kwargs.setdefault("padding", len(texts) > 1)  # a batch can always become tensors
         expanded, replacement_offsets = self._expand_image_tokens(texts, images)
 
-        encoding = self.tokenizer(expanded, **text_kwargs)
+        return_offsets = text_kwargs.pop("return_offsets_mapping", False)
+        encoding = self.tokenizer(
+            expanded, return_offsets_mapping=return_offsets or return_mm_token_type_ids, **text_kwargs
+        )
         encoding.pop("token_type_ids", None)
         self._check_layout_kept(encoding["input_ids"], expanded)
-        data.update(encoding)
         if return_mm_token_type_ids:
-            data["mm_token_type_ids"] = [[int(i == self.image_token_id) for i in ids] for ids in encoding["input_ids"]]
+            encoding["mm_token_type_ids"] = _image_span_marks(encoding["offset_mapping"], replacement_offsets)
+            if not return_offsets:
+                encoding.pop("offset_mapping")
+        data.update(encoding)
         if images:
             data.update(self.preprocess_images(images, **output_kwargs["images_kwargs"]))
         outputs = BatchFeature(data, tensor_type=return_tensors)
@@ -182,9 +196,10 @@ class CompressedVLMProcessor(ProcessorMixin):
             outputs["text_replacement_offsets"] = replacement_offsets
         return outputs
 
-    def image_text(self, image) -> str:
-        """What one `<image>` of the text becomes: its placeholders (and, for some methods, layout text)."""
-        return self.image_token * self.image_token_counts([(image.height, image.width)])[0]
+    def image_text(self, image_size: tuple[int, int]) -> str:
+        """What one `<image>` of the text becomes, given the image's (height, width): its placeholders (and, for
+        some methods, layout text)."""
+        return self.image_token * self.image_token_counts([image_size])[0]
 
     def expand_image_tokens(self, texts: list[str], images: list) -> list[str]:
         """Each `<image>` replaced by `image_text` of the next image, in order across the texts."""
@@ -199,7 +214,8 @@ class CompressedVLMProcessor(ProcessorMixin):
             pieces = sample.split(self.image_token)
             result, start, replacements = pieces[0], len(pieces[0]), []
             for piece in pieces[1:]:
-                replacement = self.image_text(next(remaining))
+                image = next(remaining)
+                replacement = self.image_text((image.height, image.width))
                 replacements.append(
                     {
                         "type": "image",
@@ -241,3 +257,18 @@ def _flatten(images) -> list:
     if isinstance(images, (list, tuple)):
         return [image for item in images for image in _flatten(item)]
     return [images]
+
+
+def _image_span_marks(offset_mapping, replacement_offsets: list[list[dict]]) -> list[list[int]]:
+    """1 for every token inside an image's expanded text (placeholders and layout text alike), as transformers'
+    processors mark an image's whole span in `mm_token_type_ids`; 0 elsewhere (added special tokens, padding)."""
+    marks = []
+    for offsets, replacements in zip(offset_mapping, replacement_offsets, strict=True):
+        spans = [replacement["new_span"] for replacement in replacements]
+        marks.append(
+            [
+                int(end > start and any(low <= start and end <= high for low, high in spans))
+                for start, end in (offset.tolist() if hasattr(offset, "tolist") else offset for offset in offsets)
+            ]
+        )
+    return marks

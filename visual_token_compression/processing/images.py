@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ImageInput = "Image.Image | str | os.PathLike | np.ndarray"
-
 
 def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit integer/float modes (PNG 'I;16', 'I', 'F') scaled to 8 bits instead of clipped."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from transformers.processing_utils import MultiModalData
-
 from .base import CompressedVLMProcessor, build_image_processor
 from .tokenpacker_hd import TokenPackerImageProcessor
 
@@ -79,20 +77,14 @@ class TokenPackerProcessor(CompressedVLMProcessor):
             return super().image_token_counts(image_sizes)
         return [(self.image_seq_length + 1) * self.image_processor.num_views(h, w) for h, w in image_sizes]
 
-    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
-        if not self.is_hd or image_sizes is None:
-            return super()._get_num_multimodal_tokens(image_sizes, **kwargs)
-        sizes = [tuple(size) for size in image_sizes]
-        return MultiModalData(
-            num_image_tokens=self.image_token_counts(sizes),
-            num_image_patches=[self.image_processor.num_views(h, w) for h, w in sizes],
-        )
+    def num_views(self, image_size: tuple[int, int]) -> int:
+        return self.image_processor.num_views(*image_size) if self.is_hd else 1
 
-    def image_text(self, image) -> str:
+    def image_text(self, image_size: tuple[int, int]) -> str:
         """Plain: q placeholders. HD: the image's grid of views with separators, global view last."""
         if not self.is_hd:
-            return super().image_text(image)
-        rows, cols = self.image_processor.grid(image.height, image.width)
+            return super().image_text(image_size)
+        rows, cols = self.image_processor.grid(*image_size)
         view = self.image_token * self.image_seq_length
         layout = (self.tile_separator.join([view] * cols) + self.row_separator) * rows
         if rows * cols > 1:

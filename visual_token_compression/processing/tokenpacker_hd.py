@@ -100,10 +100,11 @@ class TokenPackerImageProcessor(BaseImageProcessor):
             call arguments, as for every transformers image processor.
 
     `pixel_values` holds the views of every image, concatenated on dim 0 in order: tiles row-major, then the
-    global view.
+    global view. `image_sizes` (images, 2) holds each image's (height, width), as LLaVA-NeXT's: the model derives
+    each image's views from it.
     """
 
-    model_input_names = ["pixel_values"]
+    model_input_names = ["pixel_values", "image_sizes"]
 
     def __init__(
         self,
@@ -182,7 +183,9 @@ class TokenPackerImageProcessor(BaseImageProcessor):
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("No images were given.")
+        images = [load_image(image) for image in images]
         pixel_values = torch.cat([self.slice_image(image, do_rescale, rescale_factor) for image in images])
+        image_sizes = torch.tensor([(image.height, image.width) for image in images])
         if return_tensors != "pt":
-            pixel_values = pixel_values.numpy()
-        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+            pixel_values, image_sizes = pixel_values.numpy(), image_sizes.numpy()
+        return BatchFeature({"pixel_values": pixel_values, "image_sizes": image_sizes}, tensor_type=return_tensors)

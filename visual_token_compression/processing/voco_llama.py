@@ -112,8 +112,8 @@ class VoCoLlamaProcessor(CompressedVLMProcessor):
             )
         return super().__call__(images=images, text=text, **kwargs)
 
-    def image_text(self, image) -> str:
-        return super().image_text(image) + "\n" + self.voco_token * self.num_voco_tokens
+    def image_text(self, image_size: tuple[int, int]) -> str:
+        return super().image_text(image_size) + "\n" + self.voco_token * self.num_voco_tokens
 
     def _check_layout_kept(self, input_ids, texts: list[str]):
         super()._check_layout_kept(input_ids, texts)

@@ -1,4 +1,4 @@
-"""A procedural dataset the demo trains on without downloads: one coloured shape per image, left or right.
+"""A procedural dataset the demo trains on without downloads: one coloured shape per image, in its left or right half.
 
 Stage 1 gets captions ("a red circle on the left"); stage 2 asks every question (colour, shape, position; one-word
 answers) about every training image; the test split asks one random question per held-out image. Chance accuracy is the mean of 1/len(options) over the questions asked.
@@ -27,7 +27,12 @@ def draw_scene(colour: str, shape: str, position: str, size: int, rng: random.Ra
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     radius = rng.randint(size // 6, size // 4)
-    cx = rng.randint(radius, size // 2 - 1) if position == "left" else rng.randint(size // 2 + 1, size - radius)
+    # The whole shape lies in its half, so that "left" or "right" never hinges on a pixel or two across the middle.
+    cx = (
+        rng.randint(radius, size // 2 - radius)
+        if position == "left"
+        else rng.randint(size // 2 + radius, size - radius)
+    )
     cy = rng.randint(radius, size - radius)
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     if shape == "circle":

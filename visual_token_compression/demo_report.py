@@ -1,0 +1,108 @@
+"""The demo's comparison: per model, visual tokens, held-out accuracy, prefill time and KV-cache bytes, as a table
+and a plot. Prefills are timed round-robin over the models (in rotated order) so that a busy machine slows all alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .benchmarks.measure import cache_bytes, timed_call
+from .compat import output_cache
+
+
+@dataclass
+class Entry:
+    """One trained model of the comparison and what was measured of it."""
+
+    method: str
+    model: torch.nn.Module
+    processor: object
+    accuracy: float = 0.0
+    answered: int = 0
+    visual_tokens: int = 0
+    kv_bytes: int = 0
+    prefill_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def standard_error(self) -> float:
+        return math.sqrt(self.accuracy * (1 - self.accuracy) / self.answered)
+
+
+def prefill_inputs(entry: Entry, image: Image.Image, question: str) -> dict:
+    """The processor's encoding of one question about one image, as the pipeline would prompt it."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = entry.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(entry.processor(images=image, text=prompt, return_tensors="pt"))
+
+
+def measure_prefill(entries: list[Entry], images: list[Image.Image], question: str, repeats: int = 3):
+    """Median-ready prefill times (one per image and repeat), visual tokens and KV-cache bytes of every entry."""
+    prompts = [[prefill_inputs(entry, image, question) for image in images] for entry in entries]
+    device = torch.device("cpu")
+    with torch.inference_mode():
+        for entry, inputs in zip(entries, prompts, strict=True):
+            entry.model.eval()
+            image_token_id = entry.model.config.image_token_id
+            entry.visual_tokens = int((inputs[0]["input_ids"] == image_token_id).sum())
+            output = entry.model(**inputs[0], use_cache=True, logits_to_keep=1)  # also warms the model up
+            entry.kv_bytes = cache_bytes(output_cache(output))
+        for round_index in range(repeats * len(images)):
+            for offset in range(len(entries)):
+                entry = entries[(round_index + offset) % len(entries)]
+                inputs = prompts[entries.index(entry)][round_index % len(images)]
+                _, seconds = timed_call(
+                    lambda entry=entry, inputs=inputs: entry.model(**inputs, use_cache=True, logits_to_keep=1), device
+                )
+                entry.prefill_seconds.append(seconds)
+
+
+def table(entries: list[Entry], chance: float) -> str:
+    """A markdown table of the comparison, one row per model."""
+    lines = [
+        "| method | visual tokens / image | held-out accuracy (± s.e.) | chance | prefill ms / image (median) "
+        "| KV cache |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        lines.append(
+            f"| {entry.method} | {entry.visual_tokens} | {entry.accuracy:.3f} ± {entry.standard_error:.3f} "
+            f"| {chance:.3f} | {1e3 * statistics.median(entry.prefill_seconds):.2f} | {entry.kv_bytes / 1024:.1f} KiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(entries: list[Entry], chance: float, path: str | Path):
+    """Accuracy (with standard errors, chance dashed) and median prefill time against visual tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, entry in enumerate(entries):
+        colour = colours[index % len(colours)]
+        milliseconds = 1e3 * statistics.median(entry.prefill_seconds)
+        left.errorbar(entry.visual_tokens, entry.accuracy, yerr=entry.standard_error, fmt="o", color=colour, capsize=4)
+        right.plot(entry.visual_tokens, milliseconds, "o", color=colour, label=entry.method)
+    left.axhline(chance, color="grey", ls="--", label="chance")
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("held-out accuracy (± 1 s.e.)")
+    left.legend(fontsize=8)
+    right.set_ylabel("prefill ms per image (median)")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    for axes in (left, right):
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("visual tokens per image in the LLM")
+        axes.grid(True, which="both", alpha=0.3)
+    figure.suptitle("vtc demo: compressed vs uncompressed LLaVA, same data and training budget")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
