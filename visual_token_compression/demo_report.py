@@ -86,18 +86,25 @@ def plot(entries: list[Entry], chance: float, path: str | Path):
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    milliseconds = [1e3 * statistics.median(entry.prefill_seconds) for entry in entries]
     for index, entry in enumerate(entries):
         colour = colours[index % len(colours)]
-        milliseconds = 1e3 * statistics.median(entry.prefill_seconds)
-        left.errorbar(entry.visual_tokens, entry.accuracy, yerr=entry.standard_error, fmt="o", color=colour, capsize=4)
-        right.plot(entry.visual_tokens, milliseconds, "o", color=colour, label=entry.method)
+        left.errorbar(
+            entry.visual_tokens,
+            entry.accuracy,
+            yerr=entry.standard_error,
+            fmt="o",
+            color=colour,
+            capsize=4,
+            label=entry.method,
+        )
+        right.plot(entry.visual_tokens, milliseconds[index], "o", color=colour)
     left.axhline(chance, color="grey", ls="--", label="chance")
     left.set_ylim(0, 1.05)
     left.set_ylabel("held-out accuracy (± 1 s.e.)")
     left.legend(fontsize=8)
     right.set_ylabel("prefill ms per image (median)")
-    right.set_ylim(bottom=0)
-    right.legend(fontsize=8)
+    right.set_ylim(0, 1.2 * max(milliseconds))
     for axes in (left, right):
         axes.set_xscale("log", base=2)
         axes.set_xlabel("visual tokens per image in the LLM")

@@ -198,7 +198,7 @@ def assemble(model_class, config, state_dict: dict[str, torch.Tensor], vision_to
     return model
 
 
-def tower_config(vision_tower: str | None, state_dict: dict[str, torch.Tensor], original_config: dict):
+def tower_config(vision_tower: str | None, original_config: dict):
     """The tower's config: from --vision-tower, else the CLIP-L/14-336 every original used (checked on its width)."""
     from transformers import AutoConfig
 
@@ -286,7 +286,7 @@ def convert_checkpoint(
     token_ids = add_special_tokens(text_tokenizer, entry.special_tokens, rows)
     image_token_id = add_image_token(text_tokenizer)
     text_config = llama_text_config(original_config, converter.method_config_keys)
-    vision_config = tower_config(vision_tower, state_dict, original_config)
+    vision_config = tower_config(vision_tower, original_config)
     name = checkpoint_name(checkpoint, original_config)
     config = entry.config_class(
         vision_config=vision_config,

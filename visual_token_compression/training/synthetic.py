@@ -26,7 +26,7 @@ def draw_scene(colour: str, shape: str, position: str, size: int, rng: random.Ra
     background = tuple(rng.randint(215, 245) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
-    radius = rng.randint(size // 6, size // 4)
+    radius = rng.randint(size // 5, size // 4)  # at 32 px, 12 to 16 px across: 3 to 4 patches of 4 px
     # The whole shape lies in its half, so that "left" or "right" never hinges on a pixel or two across the middle.
     cx = (
         rng.randint(radius, size // 2 - radius)
