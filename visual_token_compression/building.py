@@ -51,6 +51,13 @@ def compose_vlm(
         **{**special_ids, **config_kwargs},
     )
     model = entry.for_generation_class._from_config(config, attn_implementation=attn_implementation)
+    reuse_parts(model, vision_tower, language_model, tokenizer)
+    return model.eval(), entry.processor_class.from_config(config, tokenizer)
+
+
+def reuse_parts(model: PreTrainedModel, vision_tower, language_model: PreTrainedModel, tokenizer) -> None:
+    """Copy the tower (when given as a model) and the LLM with its head into a freshly composed VLM, ours or
+    transformers' Llava (the same module names), and size the embeddings and generation ids for the tokenizer."""
     if isinstance(vision_tower, PreTrainedModel):
         model.model.vision_tower.load_state_dict(vision_tower.state_dict())
     model.model.language_model.load_state_dict(language_model.base_model.state_dict())
@@ -59,4 +66,3 @@ def compose_vlm(
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), entry.processor_class.from_config(config, tokenizer)

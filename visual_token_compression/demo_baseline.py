@@ -7,10 +7,9 @@ per-stage optimiser defaults here, with LLaVA's projector in the compressor's pl
 
 from __future__ import annotations
 
-import torch
 from transformers import HfArgumentParser, LlavaConfig, LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from .building import load_language_model, load_vision_tower
+from .building import load_language_model, load_vision_tower, reuse_parts
 from .processing import CompressedVLMProcessor
 from .training.data import CompressedVLMDataCollator, load_training_dataset
 from .training.train import with_stage_defaults
@@ -41,13 +40,7 @@ def compose_llava(vision_tower: str, language_model: str):
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.load_state_dict(tower.state_dict())
-    model.model.language_model.load_state_dict(llm.base_model.state_dict())
-    with torch.no_grad():
-        model.lm_head.weight.copy_(llm.get_output_embeddings().weight)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    reuse_parts(model, tower, llm, tokenizer)
     return model, CompressedVLMProcessor.from_config(config, tokenizer)
 
 
