@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN
 
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.tiny import build_tiny
@@ -191,15 +192,21 @@ def test_image_tokens_without_pixel_values_are_refused(saved):
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPE_NAMES)
-@pytest.mark.parametrize("vision", ["clip", "siglip"])
+@pytest.mark.parametrize("vision", ["clip", "siglip", "dinov2"])
 @pytest.mark.parametrize("text", ["llama", "qwen2"])
 def test_vision_tower_and_llm_combinations(model_type, vision, text):
-    if model_type == "visionzip" and vision == "siglip":  # VisionZip ranks patches by CLS attention
-        with pytest.raises(ValueError, match="has no CLS token"):
+    # VisionZip ranks patches by the CLS attention it recomputes from a CLIP layer: SigLIP has no CLS token, and
+    # DINOv2's layers are built differently.
+    refusal = {"siglip": "has no CLS token", "dinov2": "built differently"}
+    if model_type == "visionzip" and vision in refusal:
+        with pytest.raises(ValueError, match=refusal[vision]):
             build_tiny(model_type, vision=vision, text=text)
         return
     model, processor = build_tiny(model_type, vision=vision, text=text)
     assert model.config.vision_config.model_type.startswith(vision)
+    # Pixels normalised as the tower family was trained.
+    mean = {"clip": OPENAI_CLIP_MEAN, "siglip": [0.5] * 3, "dinov2": IMAGENET_DEFAULT_MEAN}[vision]
+    assert list(processor.image_processor.image_mean) == list(mean)
     assert model.config.text_config.model_type == text
     inputs = processor(images=sample_image(7), text=chat(processor, "Which?"), return_tensors="pt")
     with torch.no_grad():

@@ -65,8 +65,8 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
 
 
 def tiny_vision_config(kind: str = "clip", image_size: int = 32, patch_size: int = 4, num_hidden_layers: int = 4):
-    """A 32-wide CLIP or SigLIP tower (8x8 patches by default)."""
-    model_type = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}[kind]
+    """A 32-wide CLIP, SigLIP or DINOv2 tower (8x8 patches by default)."""
+    model_type = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "dinov2": "dinov2"}[kind]
     return CONFIG_MAPPING[model_type](
         hidden_size=32,
         intermediate_size=64,

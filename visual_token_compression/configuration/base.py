@@ -44,7 +44,7 @@ class CompressedVLMConfig(PretrainedConfig):
     """Configuration shared by every compressed VLM.
 
     Args:
-        vision_config: any vision tower config whose `AutoModel` returns `hidden_states` (CLIP, SigLIP).
+        vision_config: any vision tower config whose `AutoModel` returns `hidden_states` (CLIP, SigLIP, DINOv2).
             Defaults to CLIP ViT-L/14-336.
         text_config: any decoder LM config (Llama, Qwen2, Mistral, ...). Defaults to a Llama-7B shape.
         image_token_id: id of `<image>` in the tokenizer (`tokenizer.convert_tokens_to_ids("<image>")`).

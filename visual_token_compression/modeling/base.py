@@ -1,7 +1,7 @@
 """Shared VLM spine: vision tower -> compressor -> placeholder scatter -> decoder LLM -> LM head.
 
 Built by composition like transformers' Llava: the tower and the LLM come from `AutoModel.from_config`, so any
-CLIP/SigLIP tower and any decoder LLM work. A method only supplies its compressor (and, for some, a mask rule).
+CLIP/SigLIP/DINOv2 tower and any decoder LLM work. A method only supplies its compressor (and, for some, a mask rule).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs
-from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..compat import write_portable_tokenizer_class
 from ..save_hooks import run_after_save
@@ -17,6 +17,15 @@ class CompressedVLMProcessorKwargs(ProcessingKwargs, total=False):
     _defaults = {}  # 4.57 reads it from every kwargs class; TypedDicts do not inherit class attributes
 
 
+def tower_normalization(model_type: str) -> tuple[list[float], list[float]]:
+    """The pixel mean and std a tower family was trained with: SigLIP's 0.5, DINOv2's ImageNet ones, else CLIP's."""
+    if "siglip" in model_type:
+        return [0.5] * 3, [0.5] * 3
+    if model_type.startswith("dinov2"):
+        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+    return list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
+
+
 def build_image_processor(vision_config):
     """LLaVA-1.5's 'pad' preprocessing for the tower: pad to a square with the mean colour, resize, normalise."""
     import transformers
@@ -24,8 +33,7 @@ def build_image_processor(vision_config):
     # 5.x without torchvision has only the PIL backend under its own name; 4.57's class is PIL-based already.
     image_processor_class = getattr(transformers, "LlavaImageProcessorPil", None) or transformers.LlavaImageProcessor
     size = vision_config.image_size
-    is_siglip = "siglip" in vision_config.model_type
-    mean, std = ([0.5] * 3, [0.5] * 3) if is_siglip else (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD))
+    mean, std = tower_normalization(vision_config.model_type)
     return image_processor_class(
         do_pad=True,
         size={"shortest_edge": size},
