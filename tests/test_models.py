@@ -34,15 +34,19 @@ def chat(processor, question: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
-def saved(request, tmp_path_factory):
-    """A tiny model of each variant, saved with its processor."""
-    model_type, config_kwargs = request.param
+def save_variant(variant: tuple[str, dict], tmp_path_factory) -> tuple:
+    """A tiny model of a variant, saved with its processor: (model_type, model, processor, folder)."""
+    model_type, config_kwargs = variant
     model, processor = build_tiny(model_type, **config_kwargs)
     folder = tmp_path_factory.mktemp(model_type)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return model_type, model, processor, folder
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
+def saved(request, tmp_path_factory):
+    return save_variant(request.param, tmp_path_factory)
 
 
 def test_auto_classes_in_fresh_process_give_identical_logits(saved, tmp_path):

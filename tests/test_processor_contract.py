@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
 
-from tests.test_models import VARIANT_IDS, VARIANTS, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, sample_image, save_variant
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.building import compose_vlm
 from visual_token_compression.processing.chat_templates import VICUNA_V1, VICUNA_V1_SYSTEM
@@ -28,13 +28,8 @@ def greedy() -> dict:
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def saved(request, tmp_path_factory):
-    """A tiny model of each variant with its processor, also saved to a folder."""
-    name, kwargs = request.param
-    model, processor = build_tiny(name, **kwargs)
-    folder = tmp_path_factory.mktemp(name)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor, folder
+    """A tiny model of each variant with its processor, also saved to a folder: (model, processor, folder)."""
+    return save_variant(request.param, tmp_path_factory)[1:]
 
 
 def user(question: str, image=None) -> dict:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .benchmarks.measure import cache_bytes, timed_call
+from .benchmarks.report import human_bytes
 from .compat import output_cache
 
 
@@ -38,13 +39,12 @@ def prefill_inputs(entry: Entry, image: Image.Image, question: str) -> dict:
     """The processor's encoding of one question about one image, as the pipeline would prompt it."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = entry.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return dict(entry.processor(images=image, text=prompt, return_tensors="pt"))
+    return dict(entry.processor(images=image, text=prompt, return_tensors="pt").to(entry.model.device))
 
 
 def measure_prefill(entries: list[Entry], images: list[Image.Image], question: str, repeats: int = 3):
     """Median-ready prefill times (one per image and repeat), visual tokens and KV-cache bytes of every entry."""
     prompts = [[prefill_inputs(entry, image, question) for image in images] for entry in entries]
-    device = torch.device("cpu")
     with torch.inference_mode():
         for entry, inputs in zip(entries, prompts, strict=True):
             entry.model.eval()
@@ -57,7 +57,8 @@ def measure_prefill(entries: list[Entry], images: list[Image.Image], question: s
                 entry = entries[(round_index + offset) % len(entries)]
                 inputs = prompts[entries.index(entry)][round_index % len(images)]
                 _, seconds = timed_call(
-                    lambda entry=entry, inputs=inputs: entry.model(**inputs, use_cache=True, logits_to_keep=1), device
+                    lambda entry=entry, inputs=inputs: entry.model(**inputs, use_cache=True, logits_to_keep=1),
+                    entry.model.device,
                 )
                 entry.prefill_seconds.append(seconds)
 
@@ -72,7 +73,7 @@ def table(entries: list[Entry], chance: float) -> str:
     for entry in entries:
         lines.append(
             f"| {entry.method} | {entry.visual_tokens} | {entry.accuracy:.3f} ± {entry.standard_error:.3f} "
-            f"| {chance:.3f} | {1e3 * statistics.median(entry.prefill_seconds):.2f} | {entry.kv_bytes / 1024:.1f} KiB |"
+            f"| {chance:.3f} | {1e3 * statistics.median(entry.prefill_seconds):.2f} | {human_bytes(entry.kv_bytes)} |"
         )
     return "\n".join(lines) + "\n"
 

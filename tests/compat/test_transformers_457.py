@@ -16,7 +16,7 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from tests.test_hub import LOADER, QUESTION, run_without_package
 from tests.test_hub import sample_image as hub_image
-from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
+from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image, save_variant
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.tiny import build_tiny
 
@@ -93,12 +93,7 @@ def test_registered_with_every_auto_class(name):
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def saved(request, tmp_path_factory):
-    name, kwargs = request.param
-    model, processor = build_tiny(name, **kwargs)
-    folder = tmp_path_factory.mktemp(name)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor, folder
+    return save_variant(request.param, tmp_path_factory)[1:]
 
 
 def test_vision2seq_from_pretrained_and_generate(saved):

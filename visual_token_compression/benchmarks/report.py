@@ -23,13 +23,17 @@ COLUMNS = (
 )
 
 
-def _bytes(value) -> str:
+BYTES_PER_KIB = 1024
+
+
+def human_bytes(value) -> str:
+    """A byte count in B, KiB, MiB or GiB ('-' for none)."""
     if value is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
+        if abs(value) < BYTES_PER_KIB or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+        value /= BYTES_PER_KIB
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -40,7 +44,7 @@ def markdown_table(rows: list[dict]) -> str:
             if key == "spread":
                 cells.append(f"{row['prefill_ms_min']:.1f}-{row['prefill_ms_max']:.1f}")
             elif key.endswith("_bytes"):
-                cells.append(_bytes(row[key]))
+                cells.append(human_bytes(row[key]))
             elif row.get(key) is None:
                 cells.append("-")
             else:
