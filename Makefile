@@ -100,9 +100,11 @@ lock:
 	  $(FREEZE); } > $(COMPAT_LOCK)
 	rm -rf $(LOCK_VENV)
 
+# ruff, then the architecture: the import contracts in pyproject.toml (layers, no cycles), also run by make test.
 lint: install
 	$(VENV)/bin/ruff check visual_token_compression tests conversion_scripts
 	$(VENV)/bin/ruff format --check visual_token_compression tests conversion_scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install
 	$(VENV)/bin/vtc bench --preset small

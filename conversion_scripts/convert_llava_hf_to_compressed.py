@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from visual_token_compression.conversion.cli import convert_cli
+from visual_token_compression.tools.conversion.cli import convert_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
     python conversion_scripts/convert_voco_llama_original_to_hf.py --checkpoint DIR --vision-tower TOWER_DIR --output OUT
 
-The logic lives in `visual_token_compression.conversion.voco_llama` so that the installed `vtc` reaches it;
+The logic lives in `visual_token_compression.tools.conversion.voco_llama` so that the installed `vtc` reaches it;
 `convert_state_dict` is re-exported here as the conversion contract (pure, raises on unknown keys).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from visual_token_compression.conversion.cli import convert_cli
-from visual_token_compression.conversion.voco_llama import convert_state_dict
+from visual_token_compression.tools.conversion.cli import convert_cli
+from visual_token_compression.tools.conversion.voco_llama import convert_state_dict
 
 __all__ = ["convert_state_dict", "main"]
 

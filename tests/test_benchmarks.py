@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
-from visual_token_compression import MODEL_TYPES
-from visual_token_compression.benchmarks import flops
-from visual_token_compression.benchmarks.measure import cache_bytes, counted_flops
-from visual_token_compression.benchmarks.presets import PRESETS
-from visual_token_compression.benchmarks.report import markdown_table, plot_speedups, write_json
-from visual_token_compression.benchmarks.runner import Benchmark, variants
 from visual_token_compression.compat import CACHE_NAME
-from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.benchmarks import flops
+from visual_token_compression.tools.benchmarks.measure import cache_bytes, counted_flops
+from visual_token_compression.tools.benchmarks.presets import PRESETS
+from visual_token_compression.tools.benchmarks.report import markdown_table, plot_speedups, write_json
+from visual_token_compression.tools.benchmarks.runner import Benchmark, variants
+from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS
+from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 QUESTION = "<image>\nwhat is in the picture?"
 IMAGE = Image.new("RGB", (32, 32), "gray")
@@ -75,7 +75,7 @@ def test_whole_prefill_flops_match_the_flop_counter(model_type, kwargs):
     counts = counted_flops(lambda: model(**inputs, logits_to_keep=1))
     config, seq_len = model.config, inputs["input_ids"].shape[1]
     query_tokens = int(inputs["query_attention_mask"].sum()) if "query_attention_mask" in inputs else 0
-    compressor = MODEL_TYPES[model_type].compressor_flops(config, 1, query_tokens)
+    compressor = COMPRESSOR_FLOPS[model_type](config, 1, query_tokens)
     outside = 0  # what the formula counts but the model runs outside its compressor module
     if model_type == "quecc":
         outside = flops.llm_flops(config.text_config, query_tokens, logits_tokens=0)

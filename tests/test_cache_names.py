@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
+from tests.helpers import VARIANT_IDS, VARIANTS, chat, sample_image
 from visual_token_compression.compat import CACHE_NAME
-from visual_token_compression.tiny import build_tiny
+from visual_token_compression.tools.tiny import build_tiny
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)

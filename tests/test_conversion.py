@@ -19,8 +19,8 @@ from visual_token_compression import (
     VoCoLlamaForConditionalGeneration,
     VoCoLlamaProcessor,
 )
-from visual_token_compression.conversion import convert_cli
-from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.conversion import convert_cli
+from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
 
 IMAGE = Image.new("RGB", (70, 40), (200, 60, 30))
 PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
@@ -368,6 +368,6 @@ def test_llava_hf_rejects_unknown_model_type(llava_dir, tmp_path, capsys):
 
 def test_scripts_are_thin_wrappers_of_the_package():
     from conversion_scripts.convert_quecc_original_to_hf import convert_state_dict as script_quecc
-    from visual_token_compression.conversion.quecc import convert_state_dict
+    from visual_token_compression.tools.conversion.quecc import convert_state_dict
 
     assert script_quecc is convert_state_dict

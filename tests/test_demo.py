@@ -3,6 +3,8 @@ the scored last line, and a saved folder that loads in a fresh process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_models import VARIANTS
-from visual_token_compression.auto import MODEL_TYPES
-from visual_token_compression.cli import main
-from visual_token_compression.demo import NUM_TEST, method_label
+from tests.helpers import VARIANTS, variant_id
+from visual_token_compression.tools.cli import main
+from visual_token_compression.tools.conversion.converters import LLAVA_PROJECTORS
+from visual_token_compression.tools.demo import NUM_TEST, method_label
+from visual_token_compression.tools.training.synthetic import QUESTIONS
 
 ACCURACY_LINE = re.compile(r"accuracy: (\d\.\d{3}) \(chance: (\d\.\d{3})\)")
 # The shipped demo's held-out TokenPacker accuracy (seed 0), as docs/demo.md reports it, and how far below it a run
@@ -29,25 +32,26 @@ MARGIN = 0.06
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """Each variant's demo at 1% of its steps, saved; (variant name, folder, command line, its table label)."""
+    """Each variant's demo at 1% of its steps, run here and saved: (variant id, model type, folder, the lines it
+    printed, its table label). Every test that reads a run gets it from this fixture."""
     runs = []
     for model_type, config_kwargs in VARIANTS:
-        name = "-".join([model_type, *map(str, config_kwargs.values())])
+        name = variant_id((model_type, config_kwargs))
         folder = tmp_path_factory.mktemp(name) / "model"
         argv = ["demo", "--model-type", model_type, "--steps-scale", "0.01", "--save", str(folder)]
-        if "patch_num" in config_kwargs:
-            argv += ["--patch-num", str(config_kwargs["patch_num"])]
-        runs.append((name, model_type, folder, argv, method_label(model_type, config_kwargs)))
+        argv += [arg for field, value in config_kwargs.items() for arg in ("--config", f"{field}={value}")]
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            main(argv)
+        lines = printed.getvalue().strip().splitlines()
+        runs.append((name, model_type, folder, lines, method_label(model_type, config_kwargs)))
     return runs
 
 
-def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_runs, capsys):
-    for name, model_type, folder, argv, label in demo_runs:
-        main(argv)
-        lines = capsys.readouterr().out.strip().splitlines()
+def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_runs):
+    for name, model_type, folder, lines, label in demo_runs:
         text = "\n".join(lines)
         assert "== llava baseline, stage 2: projector + LLM" in text, name
-        if MODEL_TYPES[model_type].llava_projector:
+        if LLAVA_PROJECTORS[model_type]:
             # VisionZip's compressor is LLaVA's projector: the trained baseline converted as is, then projector-tuned.
             assert f"== {model_type} from the llava baseline: projector only" in text, name
             expected = [f"| {label} (llava, no training)", f"| {label} (projector tuned)"]
@@ -62,8 +66,14 @@ def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_
         assert (folder / "demo.png").stat().st_size > 0 and table.count("\n") == 2 + len(rows)
         match = ACCURACY_LINE.fullmatch(lines[-1])
         assert match, (name, lines[-1])
-        # 1% of the steps only teaches the answer format (measured: about 0.12, one answer to every question).
-        assert 0.0 <= float(match.group(1)) <= 1.0 and 0.3 < float(match.group(2)) < 0.5
+        accuracy, chance = float(match.group(1)), float(match.group(2))
+        # The last line is the compressed model's row of the table (the last row), accuracy and chance alike...
+        assert rows[-1][2].startswith(f"{accuracy:.3f} ± ") and rows[-1][3] == f"{chance:.3f}", (name, rows[-1])
+        # ...and a share of the NUM_TEST held-out questions (rounded to 3 decimals: at most 5e-4 * NUM_TEST off).
+        assert abs(accuracy * NUM_TEST - round(accuracy * NUM_TEST)) <= 5e-4 * NUM_TEST, (name, accuracy)
+        # Chance: the mean over the questions asked of 1 / (the answers each allows).
+        options = [len(answers) for _, answers in QUESTIONS.values()]
+        assert 1 / max(options) < chance < 1 / min(options), (name, chance)
 
 
 @pytest.mark.slow

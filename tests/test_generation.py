@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image
+from tests.helpers import VARIANT_IDS, VARIANTS, chat, sample_image
 from visual_token_compression.compat import CACHE_NAME
-from visual_token_compression.tiny import build_tiny
+from visual_token_compression.tools.tiny import build_tiny
 
 GREEDY = {"do_sample": False, "max_new_tokens": 8}
 
@@ -106,13 +106,7 @@ def test_static_cache_equals_dynamic_and_decoding_compiles_fullgraph(variant):
             model.generate(**batch, cache_implementation="static", **GREEDY)
         return
     graphs = []
-
-    def count_graphs(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    compile_config = CompileConfig(fullgraph=True, backend=count_graphs, mode=None)
-    compile_config._compile_all_devices = True  # transformers' switch to compile on CPU too, as its own tests do
+    compile_config = compile_config_counting(graphs)
     dynamic = model.generate(**batch, **GREEDY)
     assert torch.equal(model.generate(**batch, cache_implementation="static", **GREEDY), dynamic)
     compiled = model.generate(**batch, cache_implementation="static", compile_config=compile_config, **GREEDY)
@@ -160,3 +154,61 @@ def test_beams_and_return_sequences_expand_each_samples_views(variant):
         for copy in range(2):
             torch.testing.assert_close(batched.scores[0][2 * row + copy], first_scores[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(single.scores[0][copy], first_scores[0], atol=1e-5, rtol=0)
+
+
+def compile_config_counting(graphs: list) -> CompileConfig:
+    """`fullgraph=True` compilation whose backend records each traced graph and runs it as it is (fast on CPU)."""
+
+    def count_graphs(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compile_config = CompileConfig(fullgraph=True, backend=count_graphs, mode=None)
+    compile_config._compile_all_devices = True  # transformers' switch to compile on CPU too, as its own tests do
+    return compile_config
+
+
+DECODING = {
+    "greedy": {},
+    "beam search": {"num_beams": 2},
+    "prompt lookup": {"prompt_lookup_num_tokens": 3},
+    "compiled static cache": {"cache_implementation": "static"},
+}
+
+
+@pytest.mark.parametrize("method", sorted(DECODING))
+def test_generate_returns_every_steps_attentions_and_hidden_states(variant, method):
+    """`generate` encodes the images before the prefill and takes away from the language model every argument that
+    `get_image_features` names; if that were `output_attentions` / `output_hidden_states`, every step's entries
+    would be None (and prompt lookup's loop would crash on them). They must be what a plain forward returns."""
+    name, _, model, _, inputs, _ = variant
+    settings = dict(DECODING[method])
+    graphs = []
+    if method == "compiled static cache":
+        settings["compile_config"] = compile_config_counting(graphs)
+    flags = {"output_attentions": True, "output_hidden_states": True, "return_dict_in_generate": True}
+    if name == "voco_llama" and method in ("prompt lookup", "compiled static cache"):
+        with pytest.raises(ValueError, match="assisted or prompt-lookup decoding|cache_implementation='static'"):
+            model.generate(**inputs, **GREEDY, **settings, **flags)
+        return
+    model.set_attn_implementation("eager")  # the only backend that returns attention weights
+    try:
+        outputs = model.generate(**inputs, **GREEDY, **settings, **flags)
+        with torch.no_grad():
+            forward = model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert bool(graphs) == (method == "compiled static cache")
+    text_config = model.config.text_config
+    assert len(outputs.attentions) == len(outputs.hidden_states) >= 1
+    for step_attentions, step_hidden in zip(outputs.attentions, outputs.hidden_states, strict=True):
+        assert len(step_attentions) == text_config.num_hidden_layers
+        assert len(step_hidden) == text_config.num_hidden_layers + 1
+        assert all(isinstance(tensor, torch.Tensor) for tensor in (*step_attentions, *step_hidden))
+    # The prefill's entries are the forward pass's, over the whole prompt (its first row: beams repeat the sample).
+    prompt_length = inputs["input_ids"].shape[1]
+    first_attention, first_hidden = outputs.attentions[0][-1], outputs.hidden_states[0][-1]
+    assert first_hidden.shape[1] == prompt_length
+    torch.testing.assert_close(first_hidden[:1], forward.hidden_states[-1], atol=1e-5, rtol=0)
+    # A static cache's attention rows span the whole cache, the forward's only the prompt.
+    torch.testing.assert_close(first_attention[:1, ..., :prompt_length], forward.attentions[-1], atol=1e-5, rtol=0)

@@ -9,39 +9,13 @@ import textwrap
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN
 
+from tests.helpers import MODEL_TYPE_NAMES, VARIANT_IDS, VARIANTS, chat, sample_image, save_variant
 from visual_token_compression import MODEL_TYPES
-from visual_token_compression.tiny import build_tiny
-
-MODEL_TYPE_NAMES = sorted(MODEL_TYPES)
-# Every model type with its defaults, plus TokenPacker-HD (tokenpacker with tiling switched on).
-VARIANTS = [(name, {}) for name in MODEL_TYPE_NAMES] + [("tokenpacker", {"patch_num": 9})]
-VARIANT_IDS = ["-".join([name, *map(str, kwargs.values())]) for name, kwargs in VARIANTS]
-
-
-def sample_image(seed: int = 0, size=(40, 30)) -> Image.Image:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy())
-
-
-def chat(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def save_variant(variant: tuple[str, dict], tmp_path_factory) -> tuple:
-    """A tiny model of a variant, saved with its processor: (model_type, model, processor, folder)."""
-    model_type, config_kwargs = variant
-    model, processor = build_tiny(model_type, **config_kwargs)
-    folder = tmp_path_factory.mktemp(model_type)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model_type, model, processor, folder
+from visual_token_compression.tools.tiny import build_tiny
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.golden import COCO_DIR
 from visual_token_compression import TokenPackerProcessor
 from visual_token_compression.processing.chat_templates import VICUNA_V1_SYSTEM
-from visual_token_compression.tiny import build_tiny
+from visual_token_compression.tools.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")

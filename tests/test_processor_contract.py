@@ -4,19 +4,23 @@ one BOS on every path, and assistant answers marked in the chat template."""
 from __future__ import annotations
 
 import copy
+import json
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
 
-from tests.test_models import VARIANT_IDS, VARIANTS, sample_image, save_variant
+from tests.helpers import VARIANT_IDS, VARIANTS, sample_image, save_variant, variant_id
 from visual_token_compression import MODEL_TYPES
-from visual_token_compression.building import compose_vlm
 from visual_token_compression.processing.chat_templates import VICUNA_V1, VICUNA_V1_SYSTEM
 from visual_token_compression.processing.tokenpacker_hd import TokenPackerImageProcessor
-from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config, word_tokenizer
-from visual_token_compression.training import CompressedVLMDataCollator
+from visual_token_compression.tools.building import compose_vlm
+from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config, word_tokenizer
+from visual_token_compression.tools.training import CompressedVLMDataCollator
 
 QUESTIONS = ("Hi?", "What colour is the object on the far left side?", "Describe it.")
 
@@ -332,3 +336,33 @@ def test_demo_tokenizer_pads_left_and_gives_one_bos(tmp_path):
     batch = CompressedVLMDataCollator(processor, template="vicuna_v1")([record])
     assert batch["input_ids"][0].tolist() == out["input_ids"][0]
     assert (batch["labels"][0] != -100).tolist() == [bool(marked) for marked in out["assistant_masks"][0]]
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+def test_saved_processors_load_without_a_deprecation_warning(tmp_path_factory):
+    """5.x warns once per process for a processor that names its sub-processor classes (`image_processor_class`):
+    a fresh interpreter loads every variant's saved processor, with transformers' warnings on, and must stay quiet.
+    (The same load as remote code: tests/test_hub.py::test_remote_code_loads_without_a_deprecation_warning.)"""
+    folders = {variant_id(variant): str(save_variant(variant, tmp_path_factory)[3]) for variant in VARIANTS}
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from transformers import AutoProcessor
+        from transformers.utils import logging
+        import visual_token_compression  # registers the model types
+
+        logging.set_verbosity_warning()
+        loaded = {name: type(AutoProcessor.from_pretrained(folder)).__name__ for name, folder in json.loads(sys.argv[1]).items()}
+        print(json.dumps(loaded))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(folders)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {variant_id(variant): MODEL_TYPES[variant[0]].processor_class.__name__ for variant in VARIANTS}
+    assert loaded == expected
+    assert "deprecated" not in result.stderr, result.stderr

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from visual_token_compression import QueCCConfig, QueCCProcessor
-from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
-from visual_token_compression.training import CompressedVLMDataCollator
+from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.training import CompressedVLMDataCollator
 
 CHATML = (
     "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' -}}"

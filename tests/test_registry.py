@@ -1,18 +1,18 @@
-"""The registry owns every per-method fact: each registered type reaches `vtc bench`, `vtc convert` and the model
-card without any of them naming it."""
+"""Every registered type reaches each tool: the tools' own tables cover the registry, `vtc bench` has its rows,
+`vtc convert` its subcommands, the model card its token budget."""
 
 from __future__ import annotations
-
-import argparse
 
 import pytest
 
 from visual_token_compression import MODEL_TYPES
-from visual_token_compression.benchmarks.presets import PRESETS
-from visual_token_compression.benchmarks.runner import variants
-from visual_token_compression.conversion.cli import build_parser
-from visual_token_compression.hub import visual_token_budget
-from visual_token_compression.tiny import tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.benchmarks.presets import PRESETS
+from visual_token_compression.tools.benchmarks.runner import variants
+from visual_token_compression.tools.benchmarks.sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS
+from visual_token_compression.tools.conversion.cli import build_parser
+from visual_token_compression.tools.conversion.converters import CONVERTERS, LLAVA_PROJECTORS
+from visual_token_compression.tools.hub import visual_token_budget
+from visual_token_compression.tools.tiny import tiny_text_config, tiny_vision_config
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -21,13 +21,33 @@ def test_every_type_has_bench_rows(preset):
     assert {row.model_type for row in rows} >= set(MODEL_TYPES)
 
 
-def test_every_type_reaches_vtc_convert():
+TOOL_TABLES = {
+    "CONVERTERS": CONVERTERS,
+    "LLAVA_PROJECTORS": LLAVA_PROJECTORS,
+    "BENCH_SWEEPS": BENCH_SWEEPS,
+    "COMPRESSOR_FLOPS": COMPRESSOR_FLOPS,
+}
+
+
+@pytest.mark.parametrize("table", sorted(TOOL_TABLES))
+def test_each_tool_table_covers_exactly_the_registered_types(table):
+    """A type missing from a tool's table would fail in that tool only (a KeyError in `vtc convert` or `vtc bench`);
+    a stale key would name a type that no longer exists."""
+    assert set(TOOL_TABLES[table]) == set(MODEL_TYPES)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_every_type_reaches_vtc_convert(model_type):
+    """`vtc convert <type>` parses exactly for the types with original checkpoints; `llava-hf` takes every type."""
     parser = build_parser()
-    sources = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
-    llava_hf = sources["llava-hf"].format_help()
-    for name, entry in MODEL_TYPES.items():
-        assert name in llava_hf
-        assert (name in sources) == (entry.converter is not None)
+    original = [model_type, "--checkpoint", "in", "--vision-tower", "tower", "--output", "out"]
+    if CONVERTERS[model_type] is None:
+        with pytest.raises(SystemExit):
+            parser.parse_args(original)
+    else:
+        assert parser.parse_args(original).source == model_type
+    args = parser.parse_args(["llava-hf", "--llava", "in", "--model-type", model_type, "--output", "out"])
+    assert (args.source, args.model_type) == ("llava-hf", model_type)
 
 
 @pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.golden import load_case
-from visual_token_compression.scaling import (
+from visual_token_compression.tools.scaling import (
     ScalingLawFit,
     fit_scaling_law,
     paper_data,

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_models import sample_image
+from tests.helpers import sample_image
 from visual_token_compression import SeTokConfig
-from visual_token_compression.conversion.setok import convert_state_dict
 from visual_token_compression.modeling import setok as setok_modeling
 from visual_token_compression.modeling.setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
-from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.conversion.setok import convert_state_dict
+from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
 
@@ -26,7 +26,7 @@ def images():
 
 
 def contract_images():
-    """The images of the contract tests (tests/test_models.py): `sample_image` seeds 0 to 7, seed 2 at 24x50."""
+    """The images of the contract tests (tests/helpers.py): `sample_image` seeds 0 to 7, seed 2 at 24x50."""
     return [sample_image(seed, size=(24, 50) if seed == 2 else (40, 30)) for seed in range(8)]
 
 

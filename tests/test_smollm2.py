@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visual_token_compression.building import compose_vlm
-from visual_token_compression.smollm2 import load_smollm2, smollm2_dir
-from visual_token_compression.tiny import tiny_vision_config
+from visual_token_compression.tools.building import compose_vlm
+from visual_token_compression.tools.smollm2 import load_smollm2, smollm2_dir
+from visual_token_compression.tools.tiny import tiny_vision_config
 
 pytestmark = [
     pytest.mark.slow,

@@ -7,10 +7,10 @@ import torch
 
 from tests.golden import load_case
 from visual_token_compression import TokenPackerConfig
-from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
 from visual_token_compression.modeling.vision import VisionFeatures
-from visual_token_compression.tiny import tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.conversion.tokenpacker import convert_state_dict
+from visual_token_compression.tools.tiny import tiny_text_config, tiny_vision_config
 
 
 def test_defaults_reproduce_the_released_models():

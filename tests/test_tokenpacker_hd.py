@@ -16,7 +16,7 @@ from PIL import Image
 from tests.golden import REPO_ROOT
 from visual_token_compression import TokenPackerConfig, TokenPackerImageProcessor, TokenPackerProcessor
 from visual_token_compression.processing.tokenpacker_hd import resize_bilinear
-from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
 
 TILE = 32  # tiny_vision_config's image_size
 Q = 16  # (8 patches / scale 2)^2

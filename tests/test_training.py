@@ -17,15 +17,15 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageTextToText, LlamaForCausalLM
 
 from tests.golden import COCO_DIR, REPO_ROOT
-from tests.test_models import VARIANTS
-from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
-from visual_token_compression.training import (
+from tests.helpers import VARIANTS
+from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.training import (
     CompressedVLMDataCollator,
     SampleError,
     apply_stage,
     load_training_dataset,
 )
-from visual_token_compression.training.train import main as train_main
+from visual_token_compression.tools.training.train import main as train_main
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
@@ -279,7 +279,7 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(parts, tmp_path
         import os, sys
         from functools import partial
         from transformers import Trainer, TrainerCallback
-        import visual_token_compression.training.train as train
+        import visual_token_compression.tools.training.train as train
 
         class DieAfterCheckpoint8(TrainerCallback):
             def on_save(self, args, state, control, **kwargs):
@@ -320,7 +320,7 @@ def test_two_process_ddp_step_with_torchrun(parts, tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "visual_token_compression.training.train",
+        "visual_token_compression.tools.training.train",
         *tiny_train_args(parts, tmp_path / "ddp", 1, "--max_steps", "2", "--ddp_backend", "gloo"),
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -336,7 +336,7 @@ def test_two_process_ddp_step_with_torchrun(parts, tmp_path):
 def test_lora_touches_only_the_language_model():
     from peft import get_peft_model
 
-    from visual_token_compression.training.adapters import llm_lora_config
+    from visual_token_compression.tools.training.adapters import llm_lora_config
 
     model, processor = build_tiny("tokenpacker")
     peft_model = get_peft_model(model, llm_lora_config(r=4))
@@ -355,7 +355,7 @@ def test_lora_touches_only_the_language_model():
 @pytest.mark.parametrize("bits", [4, 8])
 def test_bitsandbytes_quantizes_the_llm_only(bits, tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is an optional extra (quant)")
-    from visual_token_compression.training.adapters import quantization_config
+    from visual_token_compression.tools.training.adapters import quantization_config
 
     model, processor = build_tiny("tokenpacker")
     model.save_pretrained(tmp_path)

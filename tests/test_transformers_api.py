@@ -12,11 +12,11 @@ from transformers import AutoConfig
 from transformers.integrations.accelerate import infer_auto_device_map
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from visual_token_compression import MODEL_TYPES, CompressedVLMForConditionalGeneration, cli
+from tests.helpers import VARIANT_IDS, VARIANTS, chat, sample_image
+from visual_token_compression import MODEL_TYPES, CompressedVLMForConditionalGeneration
 from visual_token_compression.compat import LM_HEAD_TP_PLAN, output_cache
-from visual_token_compression.tiny import build_tiny
-
-from .test_models import VARIANT_IDS, VARIANTS, chat, sample_image
+from visual_token_compression.tools import cli
+from visual_token_compression.tools.tiny import build_tiny
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)

@@ -25,10 +25,10 @@ import torch
 from parameterized import parameterized
 from PIL import Image
 
+from tests import transformers_suite
+from tests.helpers import VARIANTS as CONTRACT_VARIANTS
 from visual_token_compression import MODEL_TYPES
-from visual_token_compression.tiny import byte_tokenizer, tiny_text_config, tiny_vision_config
-
-from . import transformers_suite
+from visual_token_compression.tools.tiny import byte_tokenizer, tiny_text_config, tiny_vision_config
 
 try:
     modeling_common = transformers_suite.load("test_modeling_common")
@@ -50,12 +50,16 @@ class Variant:
     image_size: tuple[int, int] = (32, 32)
 
 
-# Every registered model type (named after its config class: TokenPacker, QueCC, VoCoLlama, SeTok), plus
-# TokenPacker-HD, TokenPacker with tiling switched on.
-VARIANTS = [
-    Variant(entry.config_class.__name__.removesuffix("Config"), model_type)
-    for model_type, entry in MODEL_TYPES.items()
-] + [Variant("TokenPackerHD", "tokenpacker", {"patch_num": 9}, image_size=(32, 64))]
+def mixin_variant(model_type: str, config_kwargs: dict) -> Variant:
+    """A contract variant (tests/helpers.py), named after its config class (TokenPacker, QueCC, VoCoLlama, ...),
+    TokenPacker-HD as TokenPackerHD with images of a 1 x 2 tile grid."""
+    name = MODEL_TYPES[model_type].config_class.__name__.removesuffix("Config")
+    if config_kwargs.get("patch_num"):
+        return Variant(f"{name}HD", model_type, config_kwargs, image_size=(32, 64))
+    return Variant(name, model_type, config_kwargs)
+
+
+VARIANTS = [mixin_variant(model_type, config_kwargs) for model_type, config_kwargs in CONTRACT_VARIANTS]
 
 
 # The mixin picks the inputs and checks of a class by its name in transformers' static `*_MAPPING_NAMES` (labels

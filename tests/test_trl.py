@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_models import VARIANT_IDS, VARIANTS, sample_image
-from visual_token_compression.tiny import build_tiny
+from tests.helpers import VARIANT_IDS, VARIANTS, sample_image
+from visual_token_compression.tools.tiny import build_tiny
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")

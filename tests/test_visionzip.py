@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
+from tests.helpers import chat, sample_image
 from visual_token_compression import VisionZipConfig, VisionZipProcessor
 from visual_token_compression.modeling.visionzip import VisionZipModel, cls_attention_and_keys
-from visual_token_compression.tiny import build_tiny, tiny_text_config, tiny_vision_config
-
-from .test_models import chat, sample_image
+from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 
 def tiny_config(**kwargs) -> VisionZipConfig:

@@ -14,10 +14,10 @@ from visual_token_compression import (
     VoCoLlamaProcessor,
 )
 from visual_token_compression.compat import CACHE_NAME
-from visual_token_compression.conversion.voco_llama import convert_state_dict
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import sealing_positions, voco_attention_mask
-from visual_token_compression.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
+from visual_token_compression.tools.conversion.voco_llama import convert_state_dict
+from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
 
 RED = Image.new("RGB", (40, 30), (220, 30, 30))
 BLUE = Image.new("RGB", (30, 30), (20, 40, 200))

@@ -1,7 +1,11 @@
-"""Visual-token compressors as first-class transformers models. Importing this package registers them."""
+"""Visual-token compressors as first-class transformers models. Importing this package registers them.
+
+The model code (`configuration`, `modeling`, `processing`, the `registry` and its registration in `auto`) is what a
+saved model needs; `tools` holds what is built on it (`vtc` and its demo, training, conversion, benchmarks, Hub
+publishing, tiny test models), and is imported only where used.
+"""
 
 from . import auto
-from .auto import MODEL_TYPES
 from .configuration import CompressedVLMConfig, TokenPackerConfig
 from .configuration.quecc import QueCCConfig
 from .configuration.setok import SeTokConfig
@@ -24,6 +28,7 @@ from .processing.setok import SeTokProcessor
 from .processing.tokenpacker_hd import TokenPackerImageProcessor
 from .processing.visionzip import VisionZipProcessor
 from .processing.voco_llama import VoCoLlamaProcessor
+from .registry import MODEL_TYPES
 
 __version__ = "0.1.0"
 

@@ -80,7 +80,7 @@ def write_portable_tokenizer_class(folder: str | Path) -> None:
 
     5.x saves it as `TokenizersBackend`, a class 4.57 lacks. `PreTrainedTokenizerFast` is that class on 4.57 and an
     alias of `TokenizersBackend` on 5.x, so the folder loads on both, also as remote code on 4.57, where
-    `register_v5_names` never runs because this package is not installed.
+    `auto.register_v5_tokenizer_name` never runs because this package is not installed.
     """
     path = Path(folder) / "tokenizer_config.json"
     if not path.is_file():
@@ -89,19 +89,3 @@ def write_portable_tokenizer_class(folder: str | Path) -> None:
     if data.get("tokenizer_class") == "TokenizersBackend":
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def register_v5_names() -> None:
-    """4.57: resolve the class names 5.x wrote into folders saved before `write_portable_tokenizer_class` existed.
-
-    5.x saves a generic fast tokenizer as `TokenizersBackend`, a class 4.57 lacks; there it is
-    `PreTrainedTokenizerFast`, so a subclass of that name is registered for AutoTokenizer to find.
-    """
-    if TRANSFORMERS_V5:
-        return
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from .configuration.base import CompressedVLMConfig
-
-    alias = type("TokenizersBackend", (PreTrainedTokenizerFast,), {"__doc__": register_v5_names.__doc__})
-    AutoTokenizer.register(CompressedVLMConfig, fast_tokenizer_class=alias, exist_ok=True)

@@ -14,11 +14,18 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from tests.test_hub import LOADER, QUESTION, run_without_package
-from tests.test_hub import sample_image as hub_image
-from tests.test_models import VARIANT_IDS, VARIANTS, chat, sample_image, save_variant
+from tests.helpers import (
+    LOADER,
+    QUESTION,
+    VARIANT_IDS,
+    VARIANTS,
+    chat,
+    run_without_package,
+    sample_image,
+    save_variant,
+)
 from visual_token_compression import MODEL_TYPES
-from visual_token_compression.tiny import build_tiny
+from visual_token_compression.tools.tiny import build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 V5_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
@@ -28,8 +35,8 @@ WRITE = """
 import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
-from visual_token_compression.tiny import build_tiny
-from tests.test_models import VARIANTS, chat, sample_image
+from visual_token_compression.tools.tiny import build_tiny
+from tests.helpers import VARIANTS, chat, sample_image
 root = Path(sys.argv[1])
 for index, (name, kwargs) in enumerate(VARIANTS):
     model, processor = build_tiny(name, **kwargs)
@@ -47,7 +54,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 import visual_token_compression
-from tests.test_models import chat, sample_image
+from tests.helpers import chat, sample_image
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     expected = load_file(folder / "expected.safetensors")
     processor = AutoProcessor.from_pretrained(folder)
@@ -150,9 +157,9 @@ def test_checkpoints_written_here_load_on_5x_with_identical_logits(tmp_path):
 WRITE_HUB = """
 import json, sys
 from pathlib import Path
-from visual_token_compression.hub import save_for_hub
-from visual_token_compression.tiny import build_tiny
-from tests.test_hub import VARIANTS, variant_id
+from visual_token_compression.tools.hub import save_for_hub
+from visual_token_compression.tools.tiny import build_tiny
+from tests.helpers import VARIANTS, variant_id
 root, folders = Path(sys.argv[1]), {}
 for model_type, kwargs in VARIANTS:
     name = variant_id((model_type, kwargs))
@@ -170,8 +177,8 @@ def test_hub_folders_written_by_5x_load_here_as_remote_code_without_the_package(
     folders = json.loads(run_v5(WRITE_HUB, tmp_path).strip().splitlines()[-1])
     work = tmp_path / "remote"
     work.mkdir()
-    hub_image().save(work / "image.png")
-    reports = run_without_package(LOADER, work, folders)
+    sample_image(size=(70, 40)).save(work / "image.png")
+    reports, _ = run_without_package(LOADER, work, folders)
     assert sorted(reports) == sorted(folders)
     for name, folder in folders.items():
         assert reports[name]["package_modules"] == [], name
@@ -180,7 +187,7 @@ def test_hub_folders_written_by_5x_load_here_as_remote_code_without_the_package(
         model = transformers.AutoModelForImageTextToText.from_pretrained(folder).eval()
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(images=hub_image(), text=prompt, return_tensors="pt")
+        inputs = processor(images=sample_image(size=(70, 40)), text=prompt, return_tensors="pt")
         with torch.no_grad():
             logits = model(**inputs).logits
         remote = load_file(work / f"{name}.safetensors")

@@ -9,11 +9,11 @@ import torch
 
 from tests.golden import cases_of, classify, fixtures_root, load_case
 from visual_token_compression import QueCCConfig
-from visual_token_compression.conversion.quecc import convert_state_dict
 from visual_token_compression.modeling.layers import GeluMLP
 from visual_token_compression.modeling.quecc import QueCCCompressor
 from visual_token_compression.modeling.vision import VisionFeatures, select_vision_features
-from visual_token_compression.tiny import byte_tokenizer, tiny_text_config
+from visual_token_compression.tools.conversion.quecc import convert_state_dict
+from visual_token_compression.tools.tiny import byte_tokenizer, tiny_text_config
 
 METHOD = "quecc"
 PREFIX = "model.mm_projector.0."

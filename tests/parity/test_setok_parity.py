@@ -7,11 +7,11 @@ import torch
 
 from tests.golden import cases_of, classify, load_case
 from visual_token_compression import SeTokConfig
-from visual_token_compression.conversion.setok import convert_state_dict
 from visual_token_compression.modeling.setok import SeTokCompressor
 from visual_token_compression.modeling.setok_clustering import sincos_position_encoding_2d
 from visual_token_compression.modeling.vision import VisionFeatures
-from visual_token_compression.tiny import tiny_text_config
+from visual_token_compression.tools.conversion.setok import convert_state_dict
+from visual_token_compression.tools.tiny import tiny_text_config
 
 METHOD = "setok"
 REQUIRED = {"inputs.features", "inputs.density_noise", "outputs.tokens", "outputs.idx_cluster", "outputs.score"}

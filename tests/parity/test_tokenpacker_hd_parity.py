@@ -14,7 +14,7 @@ from tests.golden import load_case
 from tests.parity.test_tokenpacker_parity import HD_KINDS, KINDS
 from visual_token_compression.processing.tokenpacker import TokenPackerProcessor
 from visual_token_compression.processing.tokenpacker_hd import TILE_GRIDS, TokenPackerImageProcessor, fit_size
-from visual_token_compression.tiny import build_tiny, byte_tokenizer
+from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer
 
 METHOD = "tokenpacker"
 HD_FILES = {name: load_case(METHOD, name).manifest for name, kind in KINDS.items() if kind in HD_KINDS}

@@ -7,10 +7,10 @@ import torch
 
 from tests.golden import cases_of, classify, load_case
 from visual_token_compression import CompressedVLMConfig, TokenPackerConfig
-from visual_token_compression.conversion.tokenpacker import convert_state_dict
 from visual_token_compression.modeling.tokenpacker import TokenPackerCompressor
 from visual_token_compression.modeling.vision import VisionFeatures, select_vision_features
-from visual_token_compression.tiny import tiny_text_config
+from visual_token_compression.tools.conversion.tokenpacker import convert_state_dict
+from visual_token_compression.tools.tiny import tiny_text_config
 
 METHOD = "tokenpacker"
 # Named by their manifest's `fixture` field; run by test_tokenpacker_hd_parity.

@@ -15,7 +15,7 @@ import torch
 from tests.golden import cases_of, classify, fixtures_root, load_case
 from visual_token_compression import VisionZipConfig
 from visual_token_compression.modeling.visionzip import VisionZipModel, VisionZipSelection
-from visual_token_compression.tiny import tiny_text_config
+from visual_token_compression.tools.tiny import tiny_text_config
 
 METHOD = "visionzip"
 SETTINGS = ("visionzip_dominant_argument_D (includes CLS)", "visionzip_contextual_argument_C")

@@ -17,12 +17,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from tests.golden import cases_of, classify, load_case
 from visual_token_compression import VoCoLlamaConfig, VoCoLlamaForConditionalGeneration
 from visual_token_compression.compat import CACHE_NAME
-from visual_token_compression.conversion.voco_llama import convert_state_dict
 from visual_token_compression.modeling.base import CompressorOutput
 from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.modeling.voco_cache import VoCoCache
 from visual_token_compression.modeling.voco_llama import voco_attention_mask
-from visual_token_compression.tiny import tiny_vision_config
+from visual_token_compression.tools.conversion.voco_llama import convert_state_dict
+from visual_token_compression.tools.tiny import tiny_vision_config
 
 METHOD = "voco_llama"
 IMAGE_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX in text-level ids

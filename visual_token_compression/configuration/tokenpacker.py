@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..tiling import TILE_GRIDS
 from .base import CompressedVLMConfig
 
 
@@ -57,7 +58,7 @@ class TokenPackerConfig(CompressedVLMConfig):
         self.compressor_head_dim = self.compressor_hidden_size // compressor_num_heads
         self.compressor_num_heads = compressor_num_heads
         self.layer_norm_eps = layer_norm_eps
-        if patch_num not in (None, 9, 16, 25):
+        if patch_num is not None and patch_num not in TILE_GRIDS:
             raise ValueError(f"patch_num={patch_num} is not supported: TokenPacker-HD defines 9, 16 and 25 (or None).")
         self.patch_num = patch_num
 

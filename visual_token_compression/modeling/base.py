@@ -6,6 +6,9 @@ CLIP/SigLIP/DINOv2 tower and any decoder LLM work. A method only supplies its co
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +66,15 @@ class CompressedImageOutput(BaseModelOutputWithPooling):
     compressor_output: CompressorOutput | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LanguageModelInputs:
-    """What `forward` calls the language model with, and what `prepare_language_model_inputs` reads to edit it.
+    """What `forward` calls the language model with: the input of `prepare_language_model_inputs`, which returns a
+    changed copy (`dataclasses.replace`), and of `finish_language_model`. A method that must tell its
+    `finish_language_model` more returns a subclass with its own fields (VoCo-LLaMA's `VoCoLanguageModelInputs`).
 
     `placeholder_mask` (batch, seq): where this pass wrote image features, `None` without images.
-    `unfilled_image_slots` (batch, seq): placeholders the compressor left unfilled, `None` when there are none.
-    `cache_keep` (batch, seq): the new tokens later tokens may still attend to, set by a method whose attention rule
-    seals tokens (VoCo); `finish_language_model` drops the rest from the cache. `None`: keep everything.
+    `unfilled_image_slots` (batch, seq): placeholders the compressor left unfilled (its `token_mask`), `None` when it
+    returns no mask.
     """
 
     inputs_embeds: torch.Tensor
@@ -80,7 +84,52 @@ class LanguageModelInputs:
     input_ids: torch.LongTensor | None = None
     placeholder_mask: torch.BoolTensor | None = None
     unfilled_image_slots: torch.BoolTensor | None = None
-    cache_keep: torch.BoolTensor | None = None
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Position ids that count only the tokens whose mask is 1 (0, 1, 2, ... in each row); a masked token repeats the
+    position before it (0 before the first kept one). Left padding, masked image slots and a compressed cache then
+    leave every kept token at the position it has in its row alone."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def is_prefill_step(model_kwargs: dict) -> bool:
+    """Whether `generate`'s next forward reads the prompt rather than one decoded token: its first iteration (also an
+    assistant model's prefill, which `generate` runs as a later iteration), or any step that has no cache to read the
+    prompt from. 4.57 passes no `is_first_iteration`: there an empty cache says it."""
+    cache = model_kwargs.get(CACHE_NAME)
+    return bool(
+        model_kwargs.get("is_first_iteration")
+        or not model_kwargs.get("use_cache", True)
+        or cache is None
+        or cache.get_seq_length() == 0
+    )
+
+
+def with_named_inputs(function, names: tuple[str, ...]):
+    """`function` with `names` added to its signature as keyword-only parameters, which it receives in `**kwargs`.
+
+    transformers' `generate` hands a model only the inputs its signatures name: `forward`'s, and
+    `get_image_features`' for the images it encodes before the prefill. A method's compressor inputs (QueCC's
+    questions) are therefore named there, by `__init_subclass__`, without copying the base signatures.
+    """
+    signature = inspect.signature(function)
+    parameters = list(signature.parameters.values())
+    new = [name for name in names if name not in signature.parameters]
+    if not new:
+        return function
+
+    @functools.wraps(function)
+    def named(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    variadic = [parameter for parameter in parameters if parameter.kind is inspect.Parameter.VAR_KEYWORD]
+    named.__signature__ = signature.replace(
+        parameters=[parameter for parameter in parameters if parameter not in variadic]
+        + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in new]
+        + variadic
+    )
+    return named
 
 
 # Both outputs extend transformers' own, so their cache field has the installed release's name (`cache` from 5.24).
@@ -112,6 +161,10 @@ class CompressedVLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Decoding steps compile with `fullgraph=True` (static cache, `torch.compile`); `generate` runs the prefill, where
+    # the images are encoded and compressed, uncompiled. A method whose cache changes type after the prefill
+    # (VoCo-LLaMA) sets it to False.
+    _can_compile_fullgraph = True
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """As transformers', then the remote-code bundle and the `auto_map` of every auto class (see `remote_code`),
@@ -147,11 +200,17 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
     """Vision tower + compressor + LLM without a head. Subclasses set `compressor_class`.
 
     `compressor_input_names` lists extra processor outputs (besides `pixel_values`) that `forward` hands to
-    `get_image_features`, e.g. QueCC's query tokens; like `pixel_values` they are read at prefill only.
+    `get_image_features`, e.g. QueCC's query tokens; like `pixel_values` they are read at prefill only, and they are
+    named in both signatures (see `with_named_inputs`).
     """
 
     compressor_class: type[nn.Module]
     compressor_input_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.compressor_input_names:
+            cls.get_image_features = with_named_inputs(cls.get_image_features, cls.compressor_input_names)
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -171,21 +230,25 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        image_sizes: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **compressor_inputs,
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs
     ) -> CompressedImageOutput:
         """The vision tower's output with the compressed features of each image as `pooler_output`, as Llava's, at
-        the LLM width. The tower's `hidden_states` are computed anyway (the compressor reads them) but returned only
-        on request (argument or config). `image_sizes` (images, 2): each image's (height, width), for methods that
-        cut an image into several views."""
+        the LLM width. `image_sizes` (images, 2): each image's (height, width), for methods that cut an image into
+        several views. `kwargs`: the compressor inputs, and `output_hidden_states` / `output_attentions` (default:
+        the config's; the tower's hidden states are computed anyway, the compressor reads them).
+
+        The two flags are deliberately not named in the signature: `generate`, which calls this before the prefill,
+        takes every argument named here away from the language model, which would then return no attentions or
+        hidden states."""
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        output_attentions = kwargs.pop("output_attentions", None)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
+        if kwargs:
+            raise TypeError(f"get_image_features got unexpected arguments: {sorted(kwargs)}.")
         vision_outputs, compressed = self.encode_images(pixel_values, output_attentions, **compressor_inputs)
         views_per_image = self.views_per_image(compressed.image_features.shape[0], image_sizes)
         per_image = compressed.image_features.split(views_per_image)
@@ -278,18 +341,20 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             )
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features.to(inputs_embeds))
 
-    def write_images(self, inputs: LanguageModelInputs, image_outputs: CompressedImageOutput) -> None:
-        """Write the images' features into their placeholders, and mark the slots the compressor left unfilled."""
+    def write_images(self, inputs: LanguageModelInputs, image_outputs: CompressedImageOutput) -> LanguageModelInputs:
+        """The images' features written into their placeholders, and the slots the compressor left unfilled."""
         placeholder_mask = self.get_placeholder_mask(inputs.input_ids, inputs.inputs_embeds)
-        inputs.inputs_embeds = self.merge_image_features(
+        inputs_embeds = self.merge_image_features(
             inputs.inputs_embeds, placeholder_mask, torch.cat(list(image_outputs.pooler_output))
         )
-        inputs.placeholder_mask = placeholder_mask
+        unfilled = None
         compressed = image_outputs.compressor_output
         if compressed is not None and compressed.token_mask is not None:
             unfilled = torch.zeros_like(placeholder_mask)
             unfilled[placeholder_mask] = compressed.token_mask.flatten().to(unfilled.device) == 0
-            inputs.unfilled_image_slots = unfilled
+        return dataclasses.replace(
+            inputs, inputs_embeds=inputs_embeds, placeholder_mask=placeholder_mask, unfilled_image_slots=unfilled
+        )
 
     def check_placeholders_have_images(self, input_ids: torch.LongTensor | None, cache: Cache | None):
         """Placeholders in a prefill need pixel_values; after it they are generated text (the images are in the cache).
@@ -307,8 +372,9 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             )
 
     def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
-        """The hook for a method's attention rule: edit the mask, positions or cache the language model gets
-        (VoCo seals its images there, SeTok masks unfilled slots). The embeddings hold the images already."""
+        """The hook for a method's attention rule: the mask, positions or cache the language model gets, as a changed
+        copy of `inputs` (VoCo seals its images there, SeTok masks unfilled slots). The embeddings hold the images
+        already."""
         return inputs
 
     def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
@@ -348,11 +414,11 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
         inputs = LanguageModelInputs(inputs_embeds, attention_mask, position_ids, cache, input_ids=input_ids)
         if image_outputs is not None:
-            self.write_images(inputs, image_outputs)
+            inputs = self.write_images(inputs, image_outputs)
         else:
             self.check_placeholders_have_images(input_ids, cache)
             if self.training and torch.is_grad_enabled():
-                inputs.inputs_embeds = self.anchor_image_path(inputs.inputs_embeds)
+                inputs = dataclasses.replace(inputs, inputs_embeds=self.anchor_image_path(inputs.inputs_embeds))
         inputs = self.prepare_language_model_inputs(inputs)
 
         outputs = self.language_model(
@@ -377,10 +443,19 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     """The VLM with its LM head, loss and generation. Subclasses set `model_class`."""
 
     model_class: type[CompressedVLMModel]
-    # Fields besides loss and logits are carried over from the base model's output by name.
-    output_class = CompressedVLMCausalLMOutputWithPast
     _tied_weights_keys = TIED_LM_HEAD
     _tp_plan = LM_HEAD_TP_PLAN
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        model_class = getattr(cls, "model_class", None)
+        if model_class is None:
+            return
+        cls._can_compile_fullgraph = model_class._can_compile_fullgraph  # the method says it once, on its model
+        names = model_class.compressor_input_names
+        if names:
+            cls.forward = with_named_inputs(cls.forward, names)
+            cls.get_image_features = with_named_inputs(cls.get_image_features, names)
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -447,9 +522,11 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        # `__dataclass_fields__`, not `dataclasses.fields`: torch.compile cannot trace the latter on a class.
-        carried = {name: getattr(outputs, name, None) for name in self.output_class.__dataclass_fields__}
-        return self.output_class(**{**carried, "loss": loss, "logits": logits})
+        # The base model's fields besides loss and logits, by name. `__dataclass_fields__`, not `dataclasses.fields`:
+        # torch.compile cannot trace the latter on a class.
+        fields = CompressedVLMCausalLMOutputWithPast.__dataclass_fields__
+        carried = {name: getattr(outputs, name, None) for name in fields}
+        return CompressedVLMCausalLMOutputWithPast(**{**carried, "loss": loss, "logits": logits})
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """Pass image inputs until the cache holds the prompt: at the first step, and also at an assistant's prefill,
@@ -458,13 +535,7 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
-        cache = kwargs.get(CACHE_NAME)
-        keep = (
-            kwargs.get("is_first_iteration")
-            or not kwargs.get("use_cache", True)
-            or cache is None
-            or cache.get_seq_length() == 0
-        )
+        keep = is_prefill_step(kwargs)
         for name in ("pixel_values", "image_sizes", "mm_encoder_outputs", *self.model_class.compressor_input_names):
             if keep:
                 model_inputs[name] = kwargs.get(name)
@@ -478,14 +549,14 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         `expand_size` times in order, as its expanded rows read them. Images `generate` encoded before the prefill
         (`mm_encoder_outputs`) get their per-view compressor output expanded likewise; transformers expands their
         per-image `pooler_output`."""
-        image_inputs = self.expand_image_inputs(input_ids, model_kwargs, expand_size) if expand_size > 1 else {}
+        image_inputs = self._expand_image_inputs(input_ids, model_kwargs, expand_size) if expand_size > 1 else {}
         rest = {key: value for key, value in model_kwargs.items() if key not in image_inputs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **rest
         )
         return input_ids, {**model_kwargs, **image_inputs}
 
-    def expand_image_inputs(self, input_ids, model_kwargs: dict, expand_size: int) -> dict:
+    def _expand_image_inputs(self, input_ids, model_kwargs: dict, expand_size: int) -> dict:
         """`pixel_values`, the compressor inputs (one row per view) and `image_sizes` (one row per image), each
         sample's block repeated `expand_size` times; the compressor output of encoded images is expanded in place. A
         sample's number of views is its number of placeholders over the placeholders per view (the same for every

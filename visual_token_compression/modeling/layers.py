@@ -17,6 +17,14 @@ class GeluMLP(nn.Sequential):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
 
+def grid_windows(tokens: torch.Tensor, grid: int, window: int) -> torch.Tensor:
+    """(views, (grid * window)^2, E) -> (views * grid^2, window^2, E): the window x window block of a row-major token
+    grid under each of grid x grid output cells, cells and the tokens inside each block row-major."""
+    views, _, width = tokens.shape
+    blocks = tokens.view(views, grid, window, grid, window, width).permute(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(views * grid * grid, window * window, width)
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..compat import accepts_past_key_values
 from ..configuration.quecc import QueCCConfig
-from .base import (
-    CompressedImageOutput,
-    CompressedVLMCausalLMOutputWithPast,
-    CompressedVLMForConditionalGeneration,
-    CompressedVLMModel,
-)
-from .layers import GeluMLP, LocalCrossAttention
+from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, positions_from_mask
+from .layers import GeluMLP, LocalCrossAttention, grid_windows
 from .vision import VisionFeatures
 
 
@@ -52,13 +44,6 @@ class QueCCCompressor(nn.Module):
         self.attn = LocalCrossAttention(config, width, config.compressor_num_heads)
         self.out_mlp = GeluMLP(width, text_width, text_width)
 
-    def windows(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(views, G*G, E) -> (views*h*h, window^2, E): each output cell's window, row-major inside."""
-        views, _, width = tokens.shape
-        h, s = self.out_grid, self.window
-        blocks = tokens.view(views, h, s, h, s, width).permute(0, 1, 3, 2, 4, 5)
-        return blocks.reshape(views * h * h, s * s, width)
-
     def pack(self, single_level: torch.Tensor, multi_level: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
         """The original `QueCC` module: (views, G*G, E), (views, G*G, M), (views, D) -> (views, h*h, E)."""
         views, num_patches, width = single_level.shape
@@ -73,8 +58,8 @@ class QueCCCompressor(nn.Module):
         queries = queries.transpose(1, 2).reshape(views, width, self.grid, self.grid)
         queries = self.query_downsample(queries).flatten(2).transpose(1, 2)
         queries = queries.reshape(views * self.out_grid**2, 1, width)
-        keys = self.windows(self.key_norm(self.key_mlp(multi_level)))
-        values = self.windows(self.value_norm(self.value_mlp(multi_level)))
+        keys = grid_windows(self.key_norm(self.key_mlp(multi_level)), self.out_grid, self.window)
+        values = grid_windows(self.value_norm(self.value_mlp(multi_level)), self.out_grid, self.window)
         return self.attn(queries, keys, values).reshape(views, self.out_grid**2, width)
 
     def forward(self, features: VisionFeatures, query_embeds: torch.Tensor) -> torch.Tensor:
@@ -95,7 +80,6 @@ class QueCCModel(CompressedVLMModel):
 
     config_class = QueCCConfig
     compressor_class = QueCCCompressor
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
     compressor_input_names = ("query_input_ids", "query_attention_mask")
 
     @torch.no_grad()
@@ -113,7 +97,7 @@ class QueCCModel(CompressedVLMModel):
         if not has_tokens.any():
             return embeds
         ids, mask = query_input_ids[has_tokens], mask[has_tokens]
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids = positions_from_mask(mask)
         hidden = self.language_model(
             input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, return_dict=True
         ).last_hidden_state
@@ -130,19 +114,6 @@ class QueCCModel(CompressedVLMModel):
             "query_input_ids": query_input_ids,
             "query_attention_mask": torch.zeros_like(query_input_ids),
         }
-
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        query_input_ids: torch.LongTensor | None = None,
-        query_attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> CompressedImageOutput:
-        """As the base's; the question inputs are named so that `generate`, which encodes the images before the
-        prefill, hands them over."""
-        return super().get_image_features(
-            pixel_values, query_input_ids=query_input_ids, query_attention_mask=query_attention_mask, **kwargs
-        )
 
     def compress(
         self,
@@ -169,40 +140,3 @@ class QueCCModel(CompressedVLMModel):
 class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = QueCCConfig
     model_class = QueCCModel
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
-
-    @accepts_past_key_values
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        image_sizes: torch.Tensor | None = None,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        query_input_ids: torch.LongTensor | None = None,
-        query_attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> CompressedVLMCausalLMOutputWithPast:
-        """The base forward; the query inputs are named here because `generate` only passes named arguments."""
-        if query_input_ids is not None:
-            kwargs.update(query_input_ids=query_input_ids, query_attention_mask=query_attention_mask)
-        return super().forward(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            image_sizes=image_sizes,
-            mm_encoder_outputs=mm_encoder_outputs,
-            **kwargs,
-        )

@@ -11,6 +11,7 @@ an image placeholder's label.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,13 @@ from transformers.cache_utils import Cache
 
 from ..compat import CACHE_NAME
 from ..configuration.setok import SeTokConfig
-from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, CompressorOutput, LanguageModelInputs
+from .base import (
+    CompressedVLMForConditionalGeneration,
+    CompressedVLMModel,
+    CompressorOutput,
+    LanguageModelInputs,
+    positions_from_mask,
+)
 from .layers import GeluMLP
 from .setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
 from .vision import VisionFeatures
@@ -171,33 +178,46 @@ class SeTokCompressor(nn.Module):
         )
 
 
-def positions_of_kept_tokens(attention_mask: torch.Tensor) -> torch.LongTensor:
-    """0, 1, 2, ... over the tokens whose mask is 1; masked tokens repeat the last position (or 0)."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+class SeTokCache(Cache):
+    """The layers of the cache a prefill with images filled (dynamic or static), and which image slots of the cached
+    sequence SeTok left unfilled, (batch, cached length), True where unfilled.
 
+    The prefill returns one, so that every later step masks those slots without being told again: `generate`'s
+    decoding steps, and a continuation from the returned cache (or a `copy.deepcopy` of it). Beam search and batch
+    selection reorder the slots with the keys and values.
+    """
 
-def unfilled_image_slots(
-    cache: Cache | None, attention_mask: torch.Tensor | None, query_length: int
-) -> torch.BoolTensor | None:
-    """The image slots that prefills on `cache` left unfilled, over the sequence `attention_mask` covers (without one,
-    the cache's and `query_length` new tokens); None when no prefill recorded any. Recorded on the cache so that
-    they stay masked in any later mask, e.g. the user's own when generation continues from a returned cache."""
-    unfilled = getattr(cache, "unfilled_image_slots", None)
-    if unfilled is None:
-        return None
-    length = attention_mask.shape[1] if attention_mask is not None else int(cache.get_seq_length()) + query_length
-    return F.pad(unfilled[:, :length], (0, max(length - unfilled.shape[1], 0)))
+    def __init__(self, layers: list, unfilled_image_slots: torch.BoolTensor):
+        super().__init__(layers=layers)
+        self.unfilled_image_slots = unfilled_image_slots
+
+    def slots_over(self, length: int) -> torch.BoolTensor:
+        """The unfilled slots over a sequence of `length` tokens that starts with the cached one (later tokens are
+        text, never unfilled)."""
+        slots = self.unfilled_image_slots[:, :length]
+        return F.pad(slots, (0, length - slots.shape[1]))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self.unfilled_image_slots = self.unfilled_image_slots[beam_idx.to(self.unfilled_image_slots.device)]
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        self.unfilled_image_slots = self.unfilled_image_slots.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        self.unfilled_image_slots = self.unfilled_image_slots[indices]
 
 
 class SeTokModel(CompressedVLMModel):
     config_class = SeTokConfig
     compressor_class = SeTokCompressor
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
-        """Mask the unfilled image slots (this pass's, and those earlier prefills recorded on the cache) in the 2-D
-        mask and count position ids over the kept tokens; given position ids count those slots, so with images they
-        are replaced. (A 4-D mask comes from `generate`, built from a 2-D mask that is already masked.)"""
+        """Mask the unfilled image slots (this pass's, and those a `SeTokCache` holds from earlier prefills) in the
+        2-D mask and count position ids over the kept tokens; given position ids count those slots, so with images
+        they are replaced. (A 4-D mask comes from `generate`, built from a 2-D mask that is already masked.)"""
         attention_mask, cache = inputs.attention_mask, inputs.cache
         slots = inputs.unfilled_image_slots
         if attention_mask is not None and attention_mask.ndim != 2:
@@ -207,49 +227,50 @@ class SeTokModel(CompressedVLMModel):
                 )
             return inputs
         batch, length = inputs.inputs_embeds.shape[:2]
-        unfilled = unfilled_image_slots(cache, attention_mask, length)
-        if slots is not None:
-            if attention_mask is None:
-                past_length = int(cache.get_seq_length()) if cache is not None else 0
-                attention_mask = torch.ones((batch, past_length + length), dtype=torch.long, device=slots.device)
+        past_length = int(cache.get_seq_length()) if cache is not None else 0
+        if attention_mask is not None:
             past_length = attention_mask.shape[1] - length
+        unfilled = cache.slots_over(past_length + length) if isinstance(cache, SeTokCache) else None
+        position_ids = inputs.position_ids
+        if slots is not None:
             earlier = slots.new_zeros(batch, past_length) if unfilled is None else unfilled[:, :past_length]
             unfilled = torch.cat([earlier, slots], dim=1)
-            inputs.position_ids = None
+            position_ids = None
         if unfilled is not None:
             if attention_mask is None:
                 attention_mask = torch.ones(unfilled.shape, dtype=torch.long, device=inputs.inputs_embeds.device)
             attention_mask = attention_mask * ~unfilled.to(attention_mask.device)
-        if inputs.position_ids is None and attention_mask is not None:
-            inputs.position_ids = positions_of_kept_tokens(attention_mask)[:, -length:]
-        inputs.attention_mask = attention_mask
-        inputs.unfilled_image_slots = unfilled
-        return inputs
+        if position_ids is None and attention_mask is not None:
+            position_ids = positions_from_mask(attention_mask)[:, -length:]
+        return dataclasses.replace(
+            inputs, attention_mask=attention_mask, position_ids=position_ids, unfilled_image_slots=unfilled
+        )
 
     def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
-        """A prefill with images records its unfilled slots on the cache, for the masks of every later step."""
-        if cache is not None and inputs.placeholder_mask is not None:
-            cache.unfilled_image_slots = inputs.unfilled_image_slots
-        return cache
+        """A prefill with images returns its cache as a `SeTokCache` that records the unfilled slots (earlier
+        prefills' and its own) for the masks of every later step."""
+        if cache is None or inputs.placeholder_mask is None:
+            return cache
+        return SeTokCache(cache.layers, inputs.unfilled_image_slots)
 
 
 class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = SeTokConfig
     model_class = SeTokModel
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
-        """Mask the image slots an earlier prefill left unfilled (recorded on the cache) in the mask of every later
+        """Mask the image slots an earlier prefill left unfilled (held by its `SeTokCache`) in the mask of every later
         step, and count positions over the kept tokens, before `generate` turns the mask 4-D for a static cache. The
         prefill itself takes the 2-D mask, into which it writes the slots it leaves unfilled."""
         cache = kwargs.get(CACHE_NAME)
-        if getattr(cache, "unfilled_image_slots", None) is not None:
+        if isinstance(cache, SeTokCache):
             if attention_mask is None:  # `generate` drops an all-ones mask; its position ids still span the sequence
                 position_ids = kwargs.get("position_ids")
                 length = input_ids.shape[1] if position_ids is None else position_ids.shape[-1]
                 attention_mask = torch.ones((input_ids.shape[0], length), dtype=torch.long, device=input_ids.device)
-            attention_mask = attention_mask * ~unfilled_image_slots(cache, attention_mask, 0).to(input_ids.device)
-            kwargs["position_ids"] = positions_of_kept_tokens(attention_mask)
+            unfilled = cache.slots_over(attention_mask.shape[1]).to(input_ids.device)
+            attention_mask = attention_mask * ~unfilled
+            kwargs["position_ids"] = positions_from_mask(attention_mask)
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.tokenpacker import TokenPackerConfig
-from ..processing.tokenpacker_hd import choose_grid
+from ..tiling import choose_grid, views_of_grid
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel
-from .layers import GeluMLP, LocalCrossAttention
+from .layers import GeluMLP, LocalCrossAttention, grid_windows
 from .vision import VisionFeatures
 
 
@@ -48,13 +48,6 @@ class TokenPackerCompressor(nn.Module):
         resized = resized.to(single_level.dtype).permute(0, 2, 3, 1).reshape(views, self.grid**2, channels)
         return self.query_norm(self.query_proj(resized))
 
-    def regions(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(views, raw*raw, E) -> (views*G*G, s*s, E): the s x s block under each query cell, row-major."""
-        views, _, width = tokens.shape
-        s, g = self.scale_factor, self.grid
-        blocks = tokens.view(views, g, s, g, s, width).permute(0, 1, 3, 2, 4, 5)
-        return blocks.reshape(views * g * g, s * s, width)
-
     def forward(self, features: VisionFeatures) -> torch.Tensor:
         if features.multi_level is None:
             raise ValueError("TokenPacker needs multi-level vision features (config.multi_level_feature_layers).")
@@ -64,8 +57,8 @@ class TokenPackerCompressor(nn.Module):
                 f"TokenPacker expects {self.raw_grid**2} patches per view ({self.raw_grid}x{self.raw_grid}), "
                 f"got {features.single_level.shape[1]}."
             )
-        keys = self.regions(self.key_norm(self.key_mlp(features.multi_level)))
-        values = self.regions(self.value_norm(self.value_mlp(features.multi_level)))
+        keys = grid_windows(self.key_norm(self.key_mlp(features.multi_level)), self.grid, self.scale_factor)
+        values = grid_windows(self.value_norm(self.value_mlp(features.multi_level)), self.grid, self.scale_factor)
         queries = self.point_queries(features.single_level).reshape(views * self.grid**2, 1, -1)
         packed = self.attn(queries, keys, values).reshape(views, self.grid**2, -1)
         return self.out_mlp(packed)
@@ -74,7 +67,6 @@ class TokenPackerCompressor(nn.Module):
 class TokenPackerModel(CompressedVLMModel):
     config_class = TokenPackerConfig
     compressor_class = TokenPackerCompressor
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def views_per_image(self, num_views: int, image_sizes: torch.Tensor | None) -> list[int]:
         """TokenPacker-HD: each image's tiles (+ global view), from its size as the image processor chose them."""
@@ -88,8 +80,7 @@ class TokenPackerModel(CompressedVLMModel):
         tile_size = self.config.vision_config.image_size
         counts = []
         for height, width in image_sizes.tolist():
-            rows, cols = choose_grid(height, width, self.config.patch_num, tile_size)
-            counts.append(rows * cols + (rows * cols > 1))
+            counts.append(views_of_grid(*choose_grid(height, width, self.config.patch_num, tile_size)))
         if sum(counts) != num_views:
             raise ValueError(
                 f"image_sizes give {sum(counts)} views ({counts} per image) but pixel_values holds {num_views}."
@@ -100,4 +91,3 @@ class TokenPackerModel(CompressedVLMModel):
 class TokenPackerForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = TokenPackerConfig
     model_class = TokenPackerModel
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)

@@ -3,6 +3,7 @@ similarity into a few contextual tokens, then LLaVA's projector. Nothing is lear
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from ..configuration.visionzip import VisionZipConfig
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel
 from .layers import GeluMLP
+from .vision import select_vision_features
 
 
 @dataclass
@@ -118,7 +120,6 @@ class VisionZipCompressor(GeluMLP):
 class VisionZipModel(CompressedVLMModel):
     config_class = VisionZipConfig
     compressor_class = VisionZipCompressor
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)
 
     def __init__(self, config: VisionZipConfig):
         super().__init__(config)
@@ -139,25 +140,24 @@ class VisionZipModel(CompressedVLMModel):
     def visionzip_inputs(
         self, vision_hidden_states: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(CLS-inclusive states, CLS attention, head-averaged keys), all of the layer that produced
-        `hidden_states[vision_feature_layer]`; its input is the entry before it."""
-        index = self.config.vision_feature_layer % len(vision_hidden_states)
-        states = vision_hidden_states[index]
-        expected = self.config.vision_grid_size**2 + 1
-        if states.shape[1] != expected:
-            raise ValueError(
-                f"VisionZip expects CLS + {expected - 1} patches per view, the tower returned {states.shape[1]} "
-                "tokens; check image_size and patch_size."
-            )
-        cls_attention, keys = cls_attention_and_keys(self.vision_layers[index - 1], vision_hidden_states[index - 1])
-        return states, cls_attention, keys
+        """(CLS-inclusive states, CLS attention, head-averaged keys) of the selected layer, the attention recomputed
+        from that layer's input (the hidden state before it)."""
+        select = functools.partial(
+            select_vision_features,
+            vision_hidden_states,
+            num_patches=self.config.vision_grid_size**2,
+            with_class_token=True,
+        )
+        features = select(self.config.vision_feature_layer)
+        layer = features.layer_index - 1  # the encoder layer that produced them (the config refuses the embeddings)
+        cls_attention, keys = cls_attention_and_keys(self.vision_layers[layer], select(layer).single_level)
+        return features.single_level, cls_attention, keys
 
     def compress(self, vision_hidden_states: tuple[torch.Tensor, ...], **compressor_inputs) -> torch.Tensor:
-        """Not the base's patch selection, which drops CLS: VisionZip keeps CLS and needs that layer's attention."""
+        """The base's layer selection with CLS kept, and the CLS attention VisionZip ranks the patches by."""
         return self.compressor(*self.visionzip_inputs(vision_hidden_states))
 
 
 class VisionZipForConditionalGeneration(CompressedVLMForConditionalGeneration):
     config_class = VisionZipConfig
     model_class = VisionZipModel
-    _can_compile_fullgraph = True  # decoding steps (`generate` runs the image prefill uncompiled)

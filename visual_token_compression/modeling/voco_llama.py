@@ -7,13 +7,21 @@ Training uses the rule as a mask; inference drops the sealed columns from the ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMode
 
-from ..compat import CACHE_NAME, TRANSFORMERS_V5, output_cache
+from ..compat import CACHE_NAME, output_cache
 from ..configuration.voco_llama import VoCoLlamaConfig
-from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, LanguageModelInputs
+from .base import (
+    CompressedVLMForConditionalGeneration,
+    CompressedVLMModel,
+    LanguageModelInputs,
+    is_prefill_step,
+    positions_from_mask,
+)
 from .layers import GeluMLP
 from .vision import VisionFeatures
 from .voco_cache import VoCoCache
@@ -31,6 +39,14 @@ class VoCoLlamaProjector(GeluMLP):
 
     def forward(self, features: VisionFeatures) -> torch.Tensor:
         return super().forward(features.single_level)
+
+
+@dataclass(frozen=True)
+class VoCoLanguageModelInputs(LanguageModelInputs):
+    """`cache_keep` (batch, seq): at the prefill, the new tokens later tokens may still attend to (the VoCo tokens
+    and the text after them), which `finish_language_model` keeps in the cache; `None` after the prefill."""
+
+    cache_keep: torch.BoolTensor | None = None
 
 
 def sealing_positions(voco_mask: torch.Tensor) -> torch.Tensor:
@@ -75,6 +91,8 @@ def voco_attention_mask(
 class VoCoLlamaModel(CompressedVLMModel):
     config_class = VoCoLlamaConfig
     compressor_class = VoCoLlamaProjector
+    # The prefill turns the cache into a `VoCoCache` (fewer columns), which a static, compiled cache cannot become.
+    _can_compile_fullgraph = False
 
     def check_voco_layout(self, placeholder_mask: torch.Tensor, voco_mask: torch.Tensor):
         """Every image must be followed by its VoCo tokens; an image without them would reach the text unsealed."""
@@ -98,7 +116,7 @@ class VoCoLlamaModel(CompressedVLMModel):
                 "{'text_config': 'sdpa', 'vision_config': 'flash_attention_2'}."
             )
 
-    def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
+    def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> VoCoLanguageModelInputs:
         """The VoCo rule as a 4-D mask over the new tokens and the cache, positions counting real tokens only, and,
         at the prefill, which new tokens the cache keeps (`finish_language_model` drops the sealed ones)."""
         self.check_attention_backend()
@@ -138,16 +156,20 @@ class VoCoLlamaModel(CompressedVLMModel):
                 if attention_mask is not None
                 else voco_mask.new_ones(batch, past_length + query_length)
             )
-        inputs.attention_mask, keep = voco_attention_mask(
+        mask, keep = voco_attention_mask(
             voco_mask, key_padding_mask.to(voco_mask.device), physical_past, inputs.inputs_embeds.dtype
         )
-        if inputs.position_ids is None:
-            inputs.position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
-        # Sealed columns are invisible to every later token: dropping them after the prefill loses nothing.
-        inputs.cache_keep = keep if past_length == 0 else None
-        return inputs
+        position_ids = inputs.position_ids
+        if position_ids is None:
+            position_ids = self.position_ids(attention_mask, past_length, batch, query_length, voco_mask.device)
+        fields = {name: getattr(inputs, name) for name in LanguageModelInputs.__dataclass_fields__}
+        return VoCoLanguageModelInputs(
+            **{**fields, "attention_mask": mask, "position_ids": position_ids},
+            # Sealed columns are invisible to every later token: dropping them after the prefill loses nothing.
+            cache_keep=keep if past_length == 0 else None,
+        )
 
-    def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
+    def finish_language_model(self, cache: Cache | None, inputs: VoCoLanguageModelInputs) -> Cache | None:
         """After the prefill, the cache keeps only the columns later tokens may attend to (a `VoCoCache`)."""
         if cache is None or inputs.cache_keep is None:
             return cache
@@ -164,8 +186,7 @@ class VoCoLlamaModel(CompressedVLMModel):
                 f"attention_mask covers {attention_mask.shape[1]} tokens, but the cache and the input hold "
                 f"{past_length + query_length}."
             )
-        positions = attention_mask.long().cumsum(-1) - 1
-        return positions.clamp(min=0)[:, past_length:].to(device)
+        return positions_from_mask(attention_mask)[:, past_length:].to(device)
 
 
 class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
@@ -215,13 +236,8 @@ class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """As the base, and check that a reused compressed cache is the prefix of the prompt it is given with."""
-        first_step = (
-            bool(kwargs.get("is_first_iteration", False))
-            if TRANSFORMERS_V5
-            else kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
-        )
         cache = kwargs.get(CACHE_NAME)
-        if first_step and isinstance(cache, VoCoCache) and cache.prefix_ids is not None:
+        if is_prefill_step(kwargs) and isinstance(cache, VoCoCache) and cache.prefix_ids is not None:
             prefix = cache.prefix_ids.to(input_ids.device)
             length = prefix.shape[1]
             if input_ids.shape[1] <= length or not torch.equal(input_ids[:, :length], prefix):

@@ -5,7 +5,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..compat import write_portable_tokenizer_class
+from ..compat import TRANSFORMERS_V5, write_portable_tokenizer_class
 from ..save_hooks import run_after_save
 from .chat_templates import VICUNA_V1
 from .images import load_image
@@ -59,9 +59,13 @@ class CompressedVLMProcessor(ProcessorMixin):
     tokenized without the tokenizer adding a second one.
     """
 
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if not TRANSFORMERS_V5:
+        # 4.57 finds the sub-processors by these names. 5.x reads them from `__init__`'s arguments and loads each
+        # through its Auto class (the saved `image_processor_type`, registered or in the folder's `auto_map`), and
+        # warns that naming them here is deprecated.
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
     # The text layout a method's checkpoints were trained with; a processor whose layout differs overrides it.
     default_chat_template = VICUNA_V1
     valid_processor_kwargs = CompressedVLMProcessorKwargs

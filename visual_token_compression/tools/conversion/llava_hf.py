@@ -1,7 +1,7 @@
 """Start a compressed VLM from an `llava-hf` checkpoint: its vision tower and LLM are reused, the compressor is new.
 
 The result is ready for stage 1 (train the compressor with the rest frozen). The LLaVA projector is dropped, as
-every compressor ends in its own projection to the LLM width, unless the method's `ModelType.llava_projector` names
+every compressor ends in its own projection to the LLM width, unless the method's entry in `converters.LLAVA_PROJECTORS` names
 the compressor modules that take its weights (VisionZip: then no training is needed).
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...registry import MODEL_TYPES
 from .common import finish_and_save, prepare_output
+from .converters import LLAVA_PROJECTORS
 
 
 def registered(model_type: str):
     """The registry entry of `model_type`, or an error naming the registered ones."""
-    from ..auto import MODEL_TYPES
-
     if model_type not in MODEL_TYPES:
         raise ValueError(f"Unknown model type {model_type!r}; choose one of {sorted(MODEL_TYPES)}.")
     return MODEL_TYPES[model_type]
@@ -82,7 +82,7 @@ def convert_llava_hf(
     model.model.vision_tower.load_state_dict(source.model.vision_tower.state_dict())
     model.model.language_model.load_state_dict(source.model.language_model.state_dict())
     model.lm_head.load_state_dict(source.lm_head.state_dict())
-    load_llava_projector(model.model.compressor, source, entry.llava_projector)
+    load_llava_projector(model.model.compressor, source, LLAVA_PROJECTORS[model_type])
     processor = entry.processor_class.from_config(config, tokenizer)
     finish_and_save(model, processor, tokenizer, output, next(source.parameters()).dtype)
     return output

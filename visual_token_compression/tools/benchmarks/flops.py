@@ -1,6 +1,6 @@
 """Analytic FLOPs of one prefill: vision tower, compressor and LLM, counted as 2 FLOPs per multiply-accumulate.
 
-A method's compressor formula is its registry entry's `compressor_flops`, called as `(config, views, query_tokens)`.
+A method's compressor formula is its entry in `sweeps.COMPRESSOR_FLOPS`, called as `(config, views, query_tokens)`.
 
 Only matrix products are counted (linear layers, convolutions, attention scores and attention-weighted values), the
 convention of `torch.utils.flop_counter`; norms, activations, softmax and gathers are left out. Attention is counted

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerFast
+
+from ..registry import MODEL_TYPES
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 # The in-memory tokenizers belong to no checkpoint; a LLaMA-sized limit keeps every test and demo prompt whole.
@@ -95,10 +98,6 @@ def build_tiny(
     model_type: str = "tokenpacker", vision: str = "clip", text: str = "llama", seed: int = 0, **config_kwargs
 ):
     """(model, processor) of a randomly initialised tiny VLM of the given method, in eval mode."""
-    import torch
-
-    from .auto import MODEL_TYPES
-
     entry = MODEL_TYPES[model_type]
     tokenizer = byte_tokenizer()
     config_kwargs = {**entry.tiny_config_kwargs, **config_kwargs}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from transformers import HfArgumentParser, LlavaConfig, LlavaForConditionalGeneration, Trainer, TrainingArguments
 
+from ..processing import CompressedVLMProcessor
 from .building import load_language_model, load_vision_tower, reuse_parts
-from .processing import CompressedVLMProcessor
 from .training.data import CompressedVLMDataCollator, load_training_dataset
 from .training.train import with_stage_defaults
 

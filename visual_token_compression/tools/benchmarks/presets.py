@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import CONFIG_MAPPING
 
-from ..configuration.base import DEFAULT_VISION_CONFIG
+from ...configuration.base import DEFAULT_VISION_CONFIG
+from ...registry import MODEL_TYPES
 from ..tiny import tiny_text_config, tiny_vision_config
 
 # ViT-B/16 at 384 px: the 24 x 24 = 576-patch grid of CLIP-L/14-336 (so every method's settings apply unchanged)
@@ -36,7 +37,7 @@ SMALL_LLM = {
 class Preset:
     """What to build and how often to measure it.
 
-    The rows of each method are its registry entry's `bench_sweep`, given the preset's name and grid.
+    The rows of each method are its entry in `sweeps.BENCH_SWEEPS`, given the preset's name and grid.
     `method_kwargs` holds config overrides per model type that every row of that type gets (the tiny widths).
     """
 
@@ -59,8 +60,6 @@ class Preset:
 
 
 def _tiny() -> Preset:
-    from ..auto import MODEL_TYPES
-
     vision = tiny_vision_config().to_dict()
     text = tiny_text_config().to_dict()
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")

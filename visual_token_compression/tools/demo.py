@@ -2,7 +2,7 @@
 data and steps) on procedural scenes, answer questions about held-out images through the pipeline, and compare
 them: visual tokens, accuracy, prefill time, KV cache. No downloads. See docs/demo.md.
 
-A method whose compressor is LLaVA's own projector (`ModelType.llava_projector`: VisionZip) is not trained from
+A method whose compressor is LLaVA's own projector (its entry in `conversion.converters.LLAVA_PROJECTORS`: VisionZip) is not trained from
 scratch: it is the trained baseline converted as is, then with only its projector tuned; both are compared.
 
 The vision tower is a small randomly initialised CLIP (no vision weights can be had offline) and stays frozen, as
@@ -24,13 +24,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from .auto import MODEL_TYPES
+from ..processing.chat_templates import VICUNA_V1_SYSTEM
+from ..registry import MODEL_TYPES
+from .building import compose_vlm, load_language_model, load_vision_tower
+from .conversion.converters import LLAVA_PROJECTORS
+from .conversion.llava_hf import convert_llava_hf
 from .demo_baseline import compose_llava, train_llava_stage
 from .demo_report import Entry, measure_prefill, plot, table
+from .evaluation import load_vqa_accuracy
 from .evaluation.vqa_accuracy import normalize
-from .processing.chat_templates import VICUNA_V1_SYSTEM
 from .tiny import tiny_text_config, tiny_vision_config, word_tokenizer
 from .training.synthetic import QUESTIONS, make_shapes_dataset
+from .training.train import main as train_main
 
 # (epochs, learning rate), the same for every model of the comparison. Stage 1 aligns to a random LLM, which teaches
 # the compressor little, so its rate stays low lest it collapse to an image-independent output; a random tiny LLM
@@ -105,8 +110,6 @@ def fresh_projection(module: torch.nn.Module):
 
 def compose(model_type: str, tower: str, language_model: str, folder: Path, seed: int, **config_kwargs) -> str:
     """The compressed VLM before training, saved where `vtc train --init_from` reads it."""
-    from .building import compose_vlm, load_language_model, load_vision_tower
-
     llm, tokenizer = load_language_model(language_model)
     torch.manual_seed(seed)
     model, processor = compose_vlm(model_type, load_vision_tower(tower), llm, tokenizer, **config_kwargs)
@@ -153,8 +156,6 @@ def stage_data(stage: int, data: dict) -> str:
 
 def train_compressed(init_from: str, data: dict, work: Path, steps_scale: float, seed: int) -> Path:
     """Both stages through `vtc train`; returns the trained folder."""
-    from .training.train import main as train_main
-
     source = init_from
     for stage, what in ((1, "compressor only"), (2, "compressor + LLM")):
         steps = stage_steps(stage, data, steps_scale)
@@ -172,9 +173,6 @@ def start_from_baseline(
     """For a method whose compressor is LLaVA's projector: the trained baseline converted as is (`vtc convert
     llava-hf`, no training), then with only that projector tuned on the questions (stage 1's trainable set with the
     instruction template). Returns both folders."""
-    from .conversion.llava_hf import convert_llava_hf
-    from .training.train import main as train_main
-
     baseline.model.save_pretrained(work / "llava")
     baseline.processor.tokenizer.save_pretrained(work / "llava")
     converted = convert_llava_hf(work / "llava", model_type, work / "converted", **config_kwargs)
@@ -203,8 +201,6 @@ def train_baseline(tower: str, language_model: str, data: dict, work: Path, step
 def evaluate_answers(entry: Entry, data: dict, limit: int | None = None) -> list[tuple]:
     """Greedy answers to the held-out questions through `pipeline("image-text-to-text")`, scored by `evaluate`;
     sets the entry's accuracy and returns (image, question, prediction, reference) per question."""
-    from .evaluation import load_vqa_accuracy
-
     generator = pipeline("image-text-to-text", model=entry.model, processor=entry.processor)
     records = json.loads(Path(data["test"]).read_text())[:limit]
     predictions, references, examples = [], [], []
@@ -263,7 +259,7 @@ def run_demo(
 
         baseline = Entry("llava (baseline)", *train_baseline(tower, language_model, data, work, steps_scale, seed))
         label = method_label(model_type, config_kwargs)
-        if MODEL_TYPES[model_type].llava_projector:
+        if LLAVA_PROJECTORS[model_type]:
             converted, trained = start_from_baseline(
                 baseline, model_type, data, work, steps_scale, seed, **config_kwargs
             )

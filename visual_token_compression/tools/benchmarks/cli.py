@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 from pathlib import Path
+
+import torch
+
+from .presets import PRESETS
+from .report import markdown_table, plot_speedups, write_json
+from .runner import Benchmark
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .presets import PRESETS
-
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="geometry (tiny: seconds, CPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on CPU, bfloat16 on GPU")
@@ -29,14 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def bench_cli(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code."""
     args = add_arguments(argparse.ArgumentParser(prog="vtc bench", description=__doc__)).parse_args(argv)
-    import dataclasses
-
-    import torch
-
-    from .presets import PRESETS
-    from .report import markdown_table, plot_speedups, write_json
-    from .runner import Benchmark
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "bfloat16"))
     if args.threads:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from .auto import MODEL_TYPES
-from .remote_code import write_remote_code
+from .. import __version__
+from ..registry import MODEL_TYPES
+from ..remote_code import write_remote_code
 
 # Shipped inside the package (not at the repo root as DESIGN.md sketches) so that wheel installs have it.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "compressed_vlm.md.jinja"
@@ -84,8 +85,6 @@ def render_model_card(
             numbers, ...): rendered as a table. `None` states that it was not converted.
         template_path: the Jinja template; `visual_token_compression/model_cards/compressed_vlm.md.jinja` by default.
     """
-    from . import __version__
-
     template_path = Path(template_path)
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template {template_path} not found; pass template_path=.")

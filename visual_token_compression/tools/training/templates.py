@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..processing.chat_templates import VICUNA_V1_SYSTEM
+from ...processing.chat_templates import VICUNA_V1_SYSTEM
 
 Segment = tuple[str, bool]  # (text, supervised)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

@@ -1,7 +1,8 @@
 """What every conversion shares: reading original checkpoints, renaming keys, the LLaMA config, writing the output.
 
-`convert_checkpoint` is the one conversion of an original checkpoint folder; an `OriginalConverter` (the registry's
-`ModelType.converter`) supplies what differs per method: key renames, config fields, processor arguments.
+`checkpoint.convert_checkpoint` is the one conversion of an original checkpoint folder; an `OriginalConverter` (the
+model type's entry in `converters.CONVERTERS`) supplies what differs per method: key renames, config fields,
+processor arguments.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ...configuration.base import DEFAULT_VISION_CONFIG
+from ..building import load_vision_tower
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +192,6 @@ def assemble(model_class, config, state_dict: dict[str, torch.Tensor], vision_to
                 "The checkpoint holds no vision-tower weights (the originals rebuild the tower from mm_vision_tower): "
                 "pass --vision-tower with the tower's folder, e.g. clip-vit-large-patch14-336."
             )
-        from ..building import load_vision_tower
-
         tower = load_vision_tower(vision_tower)
         state_dict = {**state_dict, **{f"model.vision_tower.{k}": v for k, v in tower.state_dict().items()}}
     model = model_class(config)
@@ -201,8 +203,6 @@ def assemble(model_class, config, state_dict: dict[str, torch.Tensor], vision_to
 def tower_config(vision_tower: str | None, original_config: dict):
     """The tower's config: from --vision-tower, else the CLIP-L/14-336 every original used (checked on its width)."""
     from transformers import AutoConfig
-
-    from ..configuration.base import DEFAULT_VISION_CONFIG
 
     if vision_tower is not None:
         config = AutoConfig.from_pretrained(vision_tower)
@@ -252,53 +252,3 @@ def add_special_tokens(tokenizer, special_tokens: dict[str, str], rows: int) -> 
         if ids[field] >= rows:
             raise ValueError(f"{token} has id {ids[field]} but the checkpoint's embeddings have only {rows} rows.")
     return ids
-
-
-def convert_checkpoint(
-    model_type: str,
-    checkpoint: str | Path,
-    output: str | Path,
-    vision_tower: str | None = None,
-    tokenizer: str | None = None,
-    dtype: str = "auto",
-    overwrite: bool = False,
-    config_overrides: dict | None = None,
-    **options,
-) -> Path:
-    """Write a `save_pretrained` folder (model + processor) converted from an original `model_type` checkpoint.
-
-    `options` are the method's own `vtc convert` options (`OriginalConverter.add_arguments`); `config_overrides`
-    are config fields the original hard-codes (e.g. TokenPacker's `compressor_head_dim`, 128 there).
-    """
-    from transformers import AutoTokenizer
-
-    from ..auto import MODEL_TYPES
-
-    entry = MODEL_TYPES[model_type]
-    converter = entry.converter
-    if converter.vision_tower_required and vision_tower is None:
-        raise ValueError(converter.vision_tower_required)
-    output = prepare_output(output, overwrite)
-    original_config = load_original_config(checkpoint)
-    state_dict = converter.convert_state_dict(load_original_state_dict(checkpoint))
-    text_tokenizer = AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    rows = state_dict["model.language_model.embed_tokens.weight"].shape[0]
-    token_ids = add_special_tokens(text_tokenizer, entry.special_tokens, rows)
-    image_token_id = add_image_token(text_tokenizer)
-    text_config = llama_text_config(original_config, converter.method_config_keys)
-    vision_config = tower_config(vision_tower, original_config)
-    name = checkpoint_name(checkpoint, original_config)
-    config = entry.config_class(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=image_token_id,
-        **token_ids,
-        **converter.config_fields(original_config, state_dict, text_config, vision_config, name, **options),
-        **(config_overrides or {}),
-    )
-    model = assemble(entry.for_generation_class, config, state_dict, vision_tower)
-    processor = entry.processor_class.from_config(
-        model.config, text_tokenizer, **converter.processor_kwargs(model.config, text_tokenizer)
-    )
-    finish_and_save(model, processor, text_tokenizer, output, resolve_dtype(dtype, state_dict))
-    return output

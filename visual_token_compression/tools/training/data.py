@@ -16,7 +16,7 @@ import datasets
 import torch
 from PIL import Image
 
-from ..processing.images import load_image
+from ...processing.images import load_image
 from .templates import TEMPLATES
 
 logger = logging.getLogger(__name__)

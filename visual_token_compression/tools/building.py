@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .auto import MODEL_TYPES
+from ..registry import MODEL_TYPES
 from .smollm2 import load_smollm2
 
 

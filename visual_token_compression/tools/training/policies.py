@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import TRANSFORMERS_V5
+from ...compat import TRANSFORMERS_V5
 
 STAGE_TRAINABLE = {1: ("model.compressor.",), 2: ("model.compressor.", "model.language_model.", "lm_head.")}
 

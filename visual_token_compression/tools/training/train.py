@@ -25,8 +25,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from .. import auto  # noqa: F401  (registers the model types)
-from ..auto import MODEL_TYPES
+from ...registry import MODEL_TYPES
+from ..building import compose_vlm, load_language_model, load_vision_tower
 from .data import CompressedVLMDataCollator, load_training_dataset
 from .policies import STAGE_TRAINING_DEFAULTS, apply_stage, bf16_supported
 
@@ -84,8 +84,6 @@ def build_model(model_args: ModelArguments):
         return model, AutoProcessor.from_pretrained(model_args.init_from)
     if not (model_args.vision_tower and model_args.language_model):
         raise ValueError("Give --init_from, or both --vision_tower and --language_model.")
-    from ..building import compose_vlm, load_language_model, load_vision_tower
-
     language_model, tokenizer = load_language_model(model_args.language_model)
     return compose_vlm(
         model_args.model_type,

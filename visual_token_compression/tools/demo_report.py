@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..compat import output_cache
 from .benchmarks.measure import cache_bytes, timed_call
 from .benchmarks.report import human_bytes
-from .compat import output_cache
 
 
 @dataclass

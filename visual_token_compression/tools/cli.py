@@ -6,13 +6,20 @@ vtc demo | train | generate | bench | convert | push | scaling-law
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+from ..processing.images import load_image
+from ..registry import MODEL_TYPES
+from .config_args import add_config_argument, config_fields
+
+# Each subcommand's code is imported when it runs: `vtc train` and `vtc demo` need the `train` extra
+# (datasets, evaluate, peft), which `vtc generate` or `vtc push` do not.
 
 
 def _demo(args) -> int:
     from .demo import run_demo
 
-    config_kwargs = {"patch_num": args.patch_num} if args.patch_num is not None else {}
     run_demo(
         args.model_type,
         llm=args.llm,
@@ -20,16 +27,13 @@ def _demo(args) -> int:
         overwrite=args.overwrite,
         steps_scale=args.steps_scale,
         seed=args.seed,
-        **config_kwargs,
+        **config_fields(args.config),
     )
     return 0
 
 
 def _generate(args) -> int:
     from transformers import pipeline
-
-    from . import auto  # noqa: F401  (registers the model types)
-    from .processing.images import load_image
 
     generator = pipeline("image-text-to-text", model=args.model)
     content = [{"type": "image", "image": load_image(args.image)}, {"type": "text", "text": args.prompt}]
@@ -45,7 +49,6 @@ def _generate(args) -> int:
 def _push(args) -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from . import auto  # noqa: F401
     from .hub import push_to_hub, save_for_hub
 
     model = AutoModelForImageTextToText.from_pretrained(args.model)
@@ -60,16 +63,14 @@ def _push(args) -> int:
 
 # Subcommands whose own parsers read the rest of the command line.
 PASS_THROUGH = {
-    "train": ("visual_token_compression.training.train", "main"),
-    "bench": ("visual_token_compression.benchmarks.cli", "bench_cli"),
-    "convert": ("visual_token_compression.conversion.cli", "convert_cli"),
-    "scaling-law": ("visual_token_compression.scaling", "scaling_law_cli"),
+    "train": ("visual_token_compression.tools.training.train", "main"),
+    "bench": ("visual_token_compression.tools.benchmarks.cli", "bench_cli"),
+    "convert": ("visual_token_compression.tools.conversion.cli", "convert_cli"),
+    "scaling-law": ("visual_token_compression.tools.scaling", "scaling_law_cli"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .auto import MODEL_TYPES
-
     parser = argparse.ArgumentParser(prog="vtc", description="Visual-token compression for transformers VLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["tiny", "smollm2"],
         help="tiny random Llama (fits 5 minutes on 2 cores) or the real SmolLM2-135M",
     )
-    demo.add_argument("--patch-num", type=int, default=None, help="TokenPacker-HD: most tiles per image (9, 16, 25)")
+    add_config_argument(demo, example="patch_num=9 (TokenPacker-HD)")
     demo.add_argument("--steps-scale", type=float, default=1.0, help="multiply the training steps")
     demo.add_argument("--seed", type=int, default=0, help="seed of the scenes, the random parts and training")
     demo.add_argument("--save", default=None, help="keep the trained model and processor in this folder")
@@ -116,8 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASS_THROUGH:
-        import importlib
-
         module, function = PASS_THROUGH[argv[0]]
         result = getattr(importlib.import_module(module), function)(argv[1:])
         return result if isinstance(result, int) else 0

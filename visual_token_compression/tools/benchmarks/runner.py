@@ -17,27 +17,26 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from ..auto import MODEL_TYPES
-from ..compat import CACHE_NAME, output_cache
-from ..processing.base import build_image_processor
+from ...compat import CACHE_NAME, output_cache
+from ...processing.base import build_image_processor
+from ...registry import MODEL_TYPES
 from ..tiny import byte_tokenizer
 from . import flops
 from .measure import PartTimer, TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
 from .presets import Preset
-from .variant import Variant
+from .sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS, Variant
 
 BASELINE = "llava"
 
 
 def variants(preset: Preset) -> tuple[list[Variant], list[str]]:
-    """The baseline, then every registered method's `bench_sweep` rows, and a note for each setting the vision grid
-    cannot take."""
+    """The baseline, then every registered method's rows (`sweeps.BENCH_SWEEPS`), and a note for each setting the
+    vision grid cannot take."""
     vision = preset.vision_config()
     grid = vision.image_size // vision.patch_size
     rows, skipped = [Variant(f"llava ({grid * grid})", BASELINE)], []
-    for name, entry in MODEL_TYPES.items():
-        default = [Variant(name, name, name)]
-        for item in entry.bench_sweep(preset.name, grid, vision.image_size) if entry.bench_sweep else default:
+    for name in MODEL_TYPES:
+        for item in BENCH_SWEEPS[name](preset.name, grid, vision.image_size):
             (skipped if isinstance(item, str) else rows).append(item)
     return rows, skipped
 
@@ -162,7 +161,8 @@ class Benchmark:
             length = prefix["input_ids"].shape[1]
             if not torch.equal(inputs["input_ids"][:, :length], prefix["input_ids"]):
                 raise RuntimeError("The VoCo image prefix does not start the full prompt; cannot reuse its cache.")
-            prepared.cache = model.compress_images(**prefix)
+            with torch.no_grad():
+                prepared.cache = output_cache(model(**prefix, use_cache=True))
             prepared.inputs = {
                 "input_ids": inputs["input_ids"][:, length:],
                 "attention_mask": inputs["attention_mask"],
@@ -182,11 +182,11 @@ class Benchmark:
         return run
 
     def _parts(self, row: Prepared) -> dict[str, list]:
+        """The tower, and the compressor: our models' `compress` hook (layer selection, the compressor and whatever
+        it needs, as QueCC's question pass), Llava's projector for the baseline."""
         inner = row.model.model
-        compressor = [getattr(inner, "compressor", None) or inner.multi_modal_projector]
-        if hasattr(inner, "get_query_embeds"):
-            compressor.append((inner, "get_query_embeds"))
-        return {"vision": [inner.vision_tower], "compressor": compressor}
+        compressor = inner.multi_modal_projector if row.variant.method == BASELINE else (inner, "compress")
+        return {"vision": [inner.vision_tower], "compressor": [compressor]}
 
     def time_prefill(self, row: Prepared):
         fn = self._prefill_fn(row)
@@ -230,8 +230,7 @@ class Benchmark:
         compressed = getattr(getattr(output, "image_outputs", None), "compressor_output", None)
         if getattr(compressed, "token_mask", None) is not None:
             row.kept_image_tokens = int(compressed.token_mask.sum())
-        entry = MODEL_TYPES.get(row.variant.model_type)
-        if entry is not None and entry.compressor_flops is None:
+        if row.variant.method != BASELINE and COMPRESSOR_FLOPS[row.variant.model_type] is None:
             counts = counted_flops(lambda: row.model(**row.inputs, use_cache=True, logits_to_keep=1))
             row.counted_compressor_flops = sum(
                 count for name, count in counts.items() if name.endswith("model.compressor")
@@ -275,7 +274,7 @@ class Benchmark:
         llm = flops.llm_flops(self.text_config, seq_len)
         if row.variant.method == BASELINE:
             compressor = flops.llava_projector_flops(config, views)
-        elif (formula := MODEL_TYPES[row.variant.model_type].compressor_flops) is not None:
+        elif (formula := COMPRESSOR_FLOPS[row.variant.model_type]) is not None:
             compressor = formula(config, views, row.query_tokens)
         else:
             compressor = row.counted_compressor_flops

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import TRANSFORMERS_V5
+from ...compat import TRANSFORMERS_V5
 from .common import OriginalConverter, rename_keys
 
 # 5.x builds CLIPVisionModel without its `vision_model.` level; 4.x keeps it.
