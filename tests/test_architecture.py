@@ -56,3 +56,12 @@ def test_the_contracts_catch_a_forbidden_import(tmp_path, module, import_line, b
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert f"{broken} BROKEN" in result.stdout, result.stdout
+
+
+def test_importing_the_package_loads_no_tool():
+    """`import visual_token_compression` (what a saved model's user runs) registers the model types and loads the
+    model code only: no command line, conversion, training or benchmark module."""
+    script = "import sys, visual_token_compression; print(sorted(m for m in sys.modules if m.startswith('visual_token_compression.tools')))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,9 @@ from PIL import Image
 
 from tests.helpers import sample_image
 from visual_token_compression import SeTokConfig
+from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.modeling import setok as setok_modeling
+from visual_token_compression.modeling.setok import SeTokCache
 from visual_token_compression.modeling.setok_clustering import dpc_knn_cluster, sincos_position_encoding_2d
 from visual_token_compression.tools.conversion.setok import convert_state_dict
 from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
@@ -103,6 +107,28 @@ def test_unfilled_slots_are_masked_and_skipped_by_positions(tiny):
     assert seen["position_ids"][0][kept].tolist() == list(range(int(kept.sum())))
     assert (output.image_hidden_states[0, :unfilled] == 0).all()
     assert (output.image_hidden_states[0, unfilled:] != 0).any(dim=-1).all()
+
+
+def test_prefill_returns_a_setok_cache_that_holds_its_unfilled_slots(tiny):
+    """The state later steps need is on a typed cache: the slots the compressor left unfilled over the cached
+    sequence, kept by `copy.deepcopy` and reordered with the rows (beam search, batch selection)."""
+    model, processor = tiny
+    inputs = processor(images=images(), text=[PROMPT, PROMPT + " Fine"], return_tensors="pt", padding_side="left")
+    with torch.no_grad():
+        output = model(**inputs, use_cache=True)
+    cache = output[CACHE_NAME]
+    assert isinstance(cache, SeTokCache)
+    placeholder = inputs["input_ids"] == model.config.image_token_id
+    expected = torch.zeros_like(placeholder)
+    expected[placeholder] = output.image_outputs.compressor_output.token_mask.flatten() == 0
+    assert torch.equal(cache.unfilled_image_slots, expected) and expected.sum(-1).tolist()[0] > 0
+    assert torch.equal(copy.deepcopy(cache).unfilled_image_slots, expected)
+    assert torch.equal(cache.slots_over(expected.shape[1] + 2)[:, -2:], torch.zeros(2, 2, dtype=torch.bool))
+    cache.reorder_cache(torch.tensor([1, 0]))
+    assert torch.equal(cache.unfilled_image_slots, expected.flip(0))
+    cache.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(cache.unfilled_image_slots, expected[:1])
+    assert cache.layers[0].keys.shape[0] == 1
 
 
 @pytest.mark.parametrize("label_placeholders", [False, True], ids=["placeholders-ignored", "placeholders-labelled"])

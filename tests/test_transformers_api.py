@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoConfig
+from transformers import AutoConfig, GenerationMixin
 from transformers.integrations.accelerate import infer_auto_device_map
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -181,8 +181,13 @@ def test_push_to_a_local_dir_from_the_command_line(tiny, with_base_model, tmp_pa
     assert (tmp_path / "hub" / "model.safetensors").is_file()
 
 
-def test_every_model_type_is_covered():
-    assert {variant[0] for variant in VARIANTS} == set(MODEL_TYPES)
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_generation_classes_list_generation_mixin_directly(model_type):
+    """As transformers' own models do (`class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin)`):
+    its generation tests and `can_generate` read the literal bases; the base models cannot generate."""
+    entry = MODEL_TYPES[model_type]
+    assert GenerationMixin in entry.for_generation_class.__bases__
+    assert entry.for_generation_class.can_generate() and not entry.model_class.can_generate()
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import GenerationMixin
 
 from ..configuration.quecc import QueCCConfig
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel, positions_from_mask
@@ -137,6 +138,6 @@ class QueCCModel(CompressedVLMModel):
         return super().compress(vision_hidden_states, query_embeds=query_embeds)
 
 
-class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration):
+class QueCCForConditionalGeneration(CompressedVLMForConditionalGeneration, GenerationMixin):
     config_class = QueCCConfig
     model_class = QueCCModel

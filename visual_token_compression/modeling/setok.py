@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin
 from transformers.cache_utils import Cache
 
 from ..compat import CACHE_NAME
@@ -254,7 +255,7 @@ class SeTokModel(CompressedVLMModel):
         return SeTokCache(cache.layers, inputs.unfilled_image_slots)
 
 
-class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration):
+class SeTokForConditionalGeneration(CompressedVLMForConditionalGeneration, GenerationMixin):
     config_class = SeTokConfig
     model_class = SeTokModel
 

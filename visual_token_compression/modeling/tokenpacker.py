@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin
 
 from ..configuration.tokenpacker import TokenPackerConfig
 from ..tiling import choose_grid, views_of_grid
@@ -88,6 +89,6 @@ class TokenPackerModel(CompressedVLMModel):
         return counts
 
 
-class TokenPackerForConditionalGeneration(CompressedVLMForConditionalGeneration):
+class TokenPackerForConditionalGeneration(CompressedVLMForConditionalGeneration, GenerationMixin):
     config_class = TokenPackerConfig
     model_class = TokenPackerModel

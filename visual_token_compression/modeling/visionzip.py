@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin
 
 from ..configuration.visionzip import VisionZipConfig
 from .base import CompressedVLMForConditionalGeneration, CompressedVLMModel
@@ -158,6 +159,6 @@ class VisionZipModel(CompressedVLMModel):
         return self.compressor(*self.visionzip_inputs(vision_hidden_states))
 
 
-class VisionZipForConditionalGeneration(CompressedVLMForConditionalGeneration):
+class VisionZipForConditionalGeneration(CompressedVLMForConditionalGeneration, GenerationMixin):
     config_class = VisionZipConfig
     model_class = VisionZipModel

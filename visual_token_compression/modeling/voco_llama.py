@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMode
+from transformers.generation import GenerationMixin, GenerationMode
 
 from ..compat import CACHE_NAME, output_cache
 from ..configuration.voco_llama import VoCoLlamaConfig
@@ -189,7 +189,7 @@ class VoCoLlamaModel(CompressedVLMModel):
         return positions_from_mask(attention_mask)[:, past_length:].to(device)
 
 
-class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration):
+class VoCoLlamaForConditionalGeneration(CompressedVLMForConditionalGeneration, GenerationMixin):
     config_class = VoCoLlamaConfig
     model_class = VoCoLlamaModel
 

@@ -13,6 +13,30 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 TINY_MODEL_MAX_LENGTH = 4096
 
 
+def in_memory_tokenizer(
+    backend: Tokenizer, bos_id: int, tokens: tuple[str, ...], extra_special_tokens: tuple[str, ...]
+) -> PreTrainedTokenizerFast:
+    """`backend` with a BOS on every text, LLaMA's special tokens, left padding, then `tokens` and the special
+    `extra_special_tokens` added in that order."""
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=TINY_MODEL_MAX_LENGTH,
+        padding_side="left",  # for batched generation; training collators choose their own side
+    )
+    if tokens:
+        tokenizer.add_tokens(list(tokens))
+    tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
+    return tokenizer
+
+
 def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with no merges: every text round-trips, and it is built in memory."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -20,28 +44,14 @@ def byte_tokenizer(extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreT
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        model_input_names=["input_ids", "attention_mask"],
-        model_max_length=TINY_MODEL_MAX_LENGTH,
-        padding_side="left",  # for batched generation; training collators choose their own side
-    )
-    tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
-    return tokenizer
+    return in_memory_tokenizer(backend, vocab["<s>"], (), extra_special_tokens)
 
 
 def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<image>",)) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the words of `texts` (split on spaces and punctuation), built in memory.
 
     For small closed-vocabulary tasks (the demo): every answer word is one token, so a tiny LLM learns quickly.
-    Newlines are tokens too.
+    Newlines are tokens too (layout separators), where whitespace splitting would drop them.
     """
     splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     words = sorted({word for text in texts for word, _ in splitter.pre_tokenize_str(text)})
@@ -49,22 +59,7 @@ def word_tokenizer(texts: list[str], extra_special_tokens: tuple[str, ...] = ("<
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = splitter
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        model_input_names=["input_ids", "attention_mask"],
-        model_max_length=TINY_MODEL_MAX_LENGTH,
-        padding_side="left",  # for batched generation; training collators choose their own side
-    )
-    tokenizer.add_tokens(["\n"])  # kept as a token (layout separators), where whitespace splitting would drop it
-    tokenizer.add_tokens(list(extra_special_tokens), special_tokens=True)
-    return tokenizer
+    return in_memory_tokenizer(backend, vocab["<s>"], ("\n",), extra_special_tokens)
 
 
 def tiny_vision_config(kind: str = "clip", image_size: int = 32, patch_size: int = 4, num_hidden_layers: int = 4):
