@@ -74,11 +74,10 @@ def test_whole_prefill_flops_match_the_flop_counter(model_type, kwargs):
     inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
     counts = counted_flops(lambda: model(**inputs, logits_to_keep=1))
     config, seq_len = model.config, inputs["input_ids"].shape[1]
-    query_tokens = int(inputs["query_attention_mask"].sum()) if "query_attention_mask" in inputs else 0
-    compressor = COMPRESSOR_FLOPS[model_type](config, 1, query_tokens)
+    compressor = COMPRESSOR_FLOPS[model_type](config, inputs)
     outside = 0  # what the formula counts but the model runs outside its compressor module
     if model_type == "quecc":
-        outside = flops.llm_flops(config.text_config, query_tokens, logits_tokens=0)
+        outside = flops.llm_flops(config.text_config, int(inputs["query_attention_mask"].sum()), logits_tokens=0)
     elif model_type == "visionzip":
         outside = flops.visionzip_attention_flops(config)
     expected = (

@@ -148,6 +148,11 @@ class CompressedVLMProcessor(ProcessorMixin):
         """Pixel tensors for the tower; methods that tile override this."""
         return dict(self.image_processor(images, **images_kwargs))
 
+    def prompt_conditioning_kwargs(self, prompt: str) -> dict:
+        """Call kwargs that condition the compressor on `prompt` alone, for a caller whose text also holds the answer
+        (the training collator): a compressor that reads the question must never read the answer. None by default."""
+        return {}
+
     def extra_text_inputs(self, texts: list[str], num_images: int, text_kwargs: dict) -> dict:
         """Inputs a method derives from the text besides its tokens (QueCC's questions), popping its own kwargs
         from `text_kwargs`."""

@@ -61,6 +61,12 @@ class QueCCProcessor(CompressedVLMProcessor):
                 queries.append(tail.replace(self.image_token, "").strip())
         return queries
 
+    def prompt_conditioning_kwargs(self, prompt: str) -> dict:
+        """Each image's question read from the prompt alone. A `plain` training text has no turn marker, so reading
+        it from the whole text would condition the compressor on the caption it must predict (the original's
+        `plain` query is empty)."""
+        return {"queries": self.extract_queries([prompt])}
+
     def extra_text_inputs(self, texts: list[str], num_images: int, text_kwargs: dict) -> dict:
         queries = text_kwargs.pop("queries", None)
         if queries is None:

@@ -230,10 +230,10 @@ def per_question(examples: list[tuple]) -> str:
 
 
 def method_label(model_type: str, config_kwargs: dict) -> str:
-    """The compressed model's name in the table; TokenPacker with `patch_num` is TokenPacker-HD."""
-    if config_kwargs.get("patch_num"):
-        return f"{model_type}-hd ({config_kwargs['patch_num']} tiles)"
-    return model_type
+    """The compressed model's name in the table: its type and the config fields given on the command line."""
+    if not config_kwargs:
+        return model_type
+    return f"{model_type} ({', '.join(f'{name}={value}' for name, value in config_kwargs.items())})"
 
 
 def run_demo(
@@ -248,6 +248,7 @@ def run_demo(
     """Trains and compares; returns the compressed model's held-out accuracy (the last line printed)."""
     if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
         raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
+    label = method_label(model_type, config_kwargs)
     config_kwargs = {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
     with tempfile.TemporaryDirectory(prefix="vtc-demo-") as work:
         work = Path(work)
@@ -258,7 +259,6 @@ def run_demo(
         print(f"data: {NUM_TRAIN} procedural scenes with captions and questions, {NUM_TEST} held out")
 
         baseline = Entry("llava (baseline)", *train_baseline(tower, language_model, data, work, steps_scale, seed))
-        label = method_label(model_type, config_kwargs)
         if LLAVA_PROJECTORS[model_type]:
             converted, trained = start_from_baseline(
                 baseline, model_type, data, work, steps_scale, seed, **config_kwargs

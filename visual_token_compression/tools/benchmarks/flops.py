@@ -1,6 +1,7 @@
 """Analytic FLOPs of one prefill: vision tower, compressor and LLM, counted as 2 FLOPs per multiply-accumulate.
 
-A method's compressor formula is its entry in `sweeps.COMPRESSOR_FLOPS`, called as `(config, views, query_tokens)`.
+A method's compressor formula is its entry in `sweeps.COMPRESSOR_FLOPS`, called as `(config, inputs)` with the
+processor's inputs of the prefill (`views_of(inputs)` views; QueCC also reads its question's tokens).
 
 Only matrix products are counted (linear layers, convolutions, attention scores and attention-weighted values), the
 convention of `torch.utils.flop_counter`; norms, activations, softmax and gathers are left out. Attention is counted
@@ -23,6 +24,11 @@ class PrefillFlops:
     @property
     def total(self) -> int:
         return self.vision + self.compressor + self.llm
+
+
+def views_of(inputs) -> int:
+    """Views of the tower in a prefill's processor inputs: one row of `pixel_values` each."""
+    return inputs["pixel_values"].shape[0]
 
 
 def linear(tokens: int, in_features: int, out_features: int) -> int:
@@ -90,7 +96,7 @@ def _window_attention_flops(patches: int, queries: int, window: int, width: int,
     )
 
 
-def tokenpacker_flops(config, views: int = 1, query_tokens: int = 0) -> int:
+def tokenpacker_flops(config, inputs) -> int:
     """`TokenPackerCompressor` per view: k/v MLPs on the multi-level patches, query projection of the resized grid,
     region attention (s^2 keys per query) and the output MLP to the LLM width."""
     patches = config.vision_grid_size**2
@@ -104,11 +110,11 @@ def tokenpacker_flops(config, views: int = 1, query_tokens: int = 0) -> int:
         + _window_attention_flops(patches, queries, config.scale_factor**2, width, config.compressor_num_heads)
         + mlp2x_flops(queries, width, config.text_config.hidden_size)
     )
-    return views * per_view
+    return views_of(inputs) * per_view
 
 
-def quecc_flops(config, views: int = 1, query_tokens: int = 0) -> int:
-    """`QueCCCompressor` per view plus the query pass: the LLM over the question (no LM head) for its vector.
+def quecc_flops(config, inputs) -> int:
+    """`QueCCCompressor` per view plus the query pass: the LLM over each image's question (no LM head) for its vector.
 
     The query pass is counted here because it exists only for the compressor."""
     patches = config.vision_grid_size**2
@@ -124,13 +130,16 @@ def quecc_flops(config, views: int = 1, query_tokens: int = 0) -> int:
         + _window_attention_flops(patches, queries, config.attention_window**2, width, config.compressor_num_heads)
         + mlp2x_flops(queries, width, text_width)
     )
-    query_pass = llm_flops(config.text_config, query_tokens, logits_tokens=0)
-    return views * (per_view + query_pass)
+    query_pass = sum(
+        llm_flops(config.text_config, int(tokens), logits_tokens=0)
+        for tokens in inputs["query_attention_mask"].sum(-1)
+    )
+    return views_of(inputs) * per_view + query_pass
 
 
-def voco_llama_flops(config, views: int = 1, query_tokens: int = 0) -> int:
+def voco_llama_flops(config, inputs) -> int:
     """VoCo-LLaMA's projector is LLaVA-1.5's: every patch to the LLM width; the LLM does the compressing."""
-    return llava_projector_flops(config, views)
+    return llava_projector_flops(config, views_of(inputs))
 
 
 def visionzip_attention_flops(config, views: int = 1) -> int:
@@ -141,7 +150,7 @@ def visionzip_attention_flops(config, views: int = 1) -> int:
     return views * (linear(1, width, width) + linear(tokens, width, width) + 2 * tokens * width)
 
 
-def visionzip_flops(config, views: int = 1, query_tokens: int = 0) -> int:
+def visionzip_flops(config, inputs) -> int:
     """The recomputed attention, the merge (key similarities of the M merged tokens to the C targets on the head
     width, then their sums on the tower width) and LLaVA's projector on the D + C kept tokens."""
     tokens = config.vision_grid_size**2 + 1
@@ -151,6 +160,7 @@ def visionzip_flops(config, views: int = 1, query_tokens: int = 0) -> int:
     merged = tokens - kept
     merge = 2 * merged * config.contextual_tokens * (head_dim + width)
     per_view = merge + mlp2x_flops(kept, width, config.text_config.hidden_size)
+    views = views_of(inputs)
     return visionzip_attention_flops(config, views) + views * per_view
 
 

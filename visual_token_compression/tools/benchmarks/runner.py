@@ -51,7 +51,6 @@ class Prepared:
     generate_inputs: dict
     config: object
     views: int
-    query_tokens: int = 0
     cache: object = None
     prefill_seconds: list[float] = field(default_factory=list)
     vision_seconds: list[float] = field(default_factory=list)
@@ -153,14 +152,12 @@ class Benchmark:
 
         model, processor = self._build_method(variant)
         inputs = self._to_device(processor(images=image, text=text, return_tensors="pt"))
-        views = inputs["pixel_values"].shape[0]
-        query_tokens = int(inputs["query_attention_mask"].sum()) if "query_attention_mask" in inputs else 0
-        prepared = Prepared(variant, model, inputs, dict(inputs), model.config, views, query_tokens)
+        prepared = Prepared(variant, model, inputs, dict(inputs), model.config, flops.views_of(inputs))
         if variant.cached_image:
             prefix = self._to_device(processor(images=image, text="<image>", return_tensors="pt"))
             length = prefix["input_ids"].shape[1]
             if not torch.equal(inputs["input_ids"][:, :length], prefix["input_ids"]):
-                raise RuntimeError("The VoCo image prefix does not start the full prompt; cannot reuse its cache.")
+                raise RuntimeError("The image prefix does not start the full prompt; cannot reuse its cache.")
             with torch.no_grad():
                 prepared.cache = output_cache(model(**prefix, use_cache=True))
             prepared.inputs = {
@@ -275,7 +272,7 @@ class Benchmark:
         if row.variant.method == BASELINE:
             compressor = flops.llava_projector_flops(config, views)
         elif (formula := COMPRESSOR_FLOPS[row.variant.model_type]) is not None:
-            compressor = formula(config, views, row.query_tokens)
+            compressor = formula(config, row.inputs)
         else:
             compressor = row.counted_compressor_flops
         return flops.PrefillFlops(vision, compressor, llm)

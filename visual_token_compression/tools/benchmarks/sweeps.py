@@ -83,8 +83,8 @@ BENCH_SWEEPS: dict[str, Callable[[str, int, int], Iterator[Variant | str]]] = {
     "visionzip": _visionzip_sweep,
 }
 
-# FLOPs of the compressor on `views` views, `(config, views, query_tokens)`; None: counted on the real modules at
-# run time (a data-driven compressor, as SeTok's clustering).
+# FLOPs of the compressor in one prefill, `(config, processor inputs)`; None: counted on the real modules at run
+# time (a data-driven compressor, as SeTok's clustering).
 COMPRESSOR_FLOPS: dict[str, Callable[..., int] | None] = {
     "setok": None,
     "quecc": flops.quecc_flops,

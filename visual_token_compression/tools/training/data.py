@@ -138,12 +138,9 @@ class CompressedVLMDataCollator:
         max_length = self.model_max_length or tokenizer.model_max_length
         # Tokenizers without a limit report a huge sentinel (int(1e30)) as model_max_length.
         kwargs = {"truncation": True, "max_length": max_length} if max_length < 1e9 else {}
-        if image is not None and hasattr(processor, "extract_queries"):
-            # QueCC's query is read from the prompt alone: a `plain` text has no turn marker, so reading it from the
-            # whole text would condition the compressor on the caption it must predict (the original's `plain`
-            # query is empty).
+        if image is not None:  # a compressor that reads the question reads the prompt, never the answer
             prompt = "".join(text for text, supervised in segments if not supervised)
-            kwargs["queries"] = processor.extract_queries([prompt])
+            kwargs.update(processor.prompt_conditioning_kwargs(prompt))
         try:
             features = processor(
                 images=image, text="".join(texts), return_tensors="pt", return_offsets_mapping=True, **kwargs
