@@ -15,7 +15,7 @@ from visual_token_compression import (
 )
 from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.modeling.voco_cache import VoCoCache
-from visual_token_compression.modeling.voco_llama import sealing_positions, voco_attention_mask
+from visual_token_compression.modeling.voco_rule import sealing_positions, voco_attention_mask
 from visual_token_compression.tools.conversion.voco_llama import convert_state_dict
 from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny_text_config, tiny_vision_config
 
@@ -195,7 +195,7 @@ def test_missing_voco_tokens_are_refused(tiny):
     model, processor = tiny
     inputs = processor(images=RED, text="<image>\nhi", return_tensors="pt")
     keep = inputs.input_ids[0] != model.config.voco_token_id
-    with pytest.raises(ValueError, match="1 images and 0 <voco> tokens, but needs 2 per image"):
+    with pytest.raises(ValueError, match="1 images or video frames and 0 <voco> tokens, but needs 2 per image or frame"):
         model(input_ids=inputs.input_ids[:, keep], pixel_values=inputs.pixel_values)
 
 

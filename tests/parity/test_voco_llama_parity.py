@@ -20,7 +20,7 @@ from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.modeling.base import CompressorOutput
 from visual_token_compression.modeling.vision import VisionFeatures
 from visual_token_compression.modeling.voco_cache import VoCoCache
-from visual_token_compression.modeling.voco_llama import voco_attention_mask
+from visual_token_compression.modeling.voco_rule import voco_attention_mask
 from visual_token_compression.tools.conversion.voco_llama import convert_state_dict
 from visual_token_compression.tools.tiny import tiny_vision_config
 

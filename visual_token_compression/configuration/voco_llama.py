@@ -18,6 +18,8 @@ class VoCoLlamaConfig(CompressedVLMConfig):
             to the LLM, as the original training did (`add_special_tokens` + `resize_token_embeddings`): it takes the
             id `text_config.vocab_size` and the vocabulary grows by one row. Converted checkpoints set it explicitly; like
             `image_token_id` it may lie past `text_config.vocab_size` when the embeddings are resized afterwards.
+        video_token_id: id of `<video>`, the placeholder of one video frame's patches (each frame is compressed like
+            an image into its own `num_voco_tokens` VoCo tokens). `None`: the model takes no videos.
         multi_level_feature_layers: unused by VoCo-LLaMA (single-level features only), so empty by default.
     """
 
@@ -27,6 +29,7 @@ class VoCoLlamaConfig(CompressedVLMConfig):
         self,
         num_voco_tokens: int = 1,
         voco_token_id: int | None = None,
+        video_token_id: int | None = None,
         **kwargs,
     ):
         if kwargs.get("multi_level_feature_layers") is None:
@@ -50,8 +53,15 @@ class VoCoLlamaConfig(CompressedVLMConfig):
                 f"<voco> and <image> share the id {voco_token_id}; they must be different tokens (the original "
                 "LLaVA-1.5 convention puts <image> at 32000, where VoCo-LLaMA's <voco> lives)."
             )
+        if video_token_id is not None and video_token_id in (self.image_token_id, voco_token_id):
+            raise ValueError(
+                f"video_token_id={video_token_id} is also <image>'s or <voco>'s id: <video> must be its own token."
+            )
+        if video_token_id is not None and video_token_id < 0:
+            raise ValueError(f"video_token_id must be a token id, got {video_token_id}.")
         self.num_voco_tokens = num_voco_tokens
         self.voco_token_id = voco_token_id
+        self.video_token_id = video_token_id
 
     @property
     def image_seq_length(self) -> int:

@@ -66,6 +66,14 @@ class CompressedImageOutput(BaseModelOutputWithPooling):
     compressor_output: CompressorOutput | None = None
 
 
+@dataclass
+class CompressedVideoOutput(CompressedImageOutput):
+    """`get_video_features`' output: as `CompressedImageOutput`, with frames for views (`pooler_output` holds one
+    (frames * tokens, hidden) tensor per video) and `video_num_frames` (videos,), each video's frame count."""
+
+    video_num_frames: torch.LongTensor | None = None
+
+
 @dataclass(frozen=True)
 class LanguageModelInputs:
     """What `forward` calls the language model with: the input of `prepare_language_model_inputs`, which returns a
@@ -75,6 +83,8 @@ class LanguageModelInputs:
     `placeholder_mask` (batch, seq): where this pass wrote image features, `None` without images.
     `unfilled_image_slots` (batch, seq): placeholders the compressor left unfilled (its `token_mask`), `None` when it
     returns no mask.
+    `video_placeholder_mask` (batch, seq) and `video_num_frames` (videos,): where this pass wrote video frames, and
+    each video's frame count in text order; `None` without videos.
     """
 
     inputs_embeds: torch.Tensor
@@ -84,6 +94,8 @@ class LanguageModelInputs:
     input_ids: torch.LongTensor | None = None
     placeholder_mask: torch.BoolTensor | None = None
     unfilled_image_slots: torch.BoolTensor | None = None
+    video_placeholder_mask: torch.BoolTensor | None = None
+    video_num_frames: torch.LongTensor | None = None
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -136,24 +148,27 @@ def with_named_inputs(function, names: tuple[str, ...]):
 @dataclass
 class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
     """`image_hidden_states`: the compressed image features written into the sequence, (views, tokens, hidden).
-    `image_outputs`: `get_image_features`' output (the tower's states on request, per-image `pooler_output`), as
-    transformers' multimodal outputs carry it."""
+    `image_outputs` / `video_outputs`: `get_image_features`' / `get_video_features`' output (the tower's states on
+    request, per-image / per-video `pooler_output`), as transformers' multimodal outputs carry them."""
 
     image_hidden_states: torch.FloatTensor | None = None
     image_outputs: CompressedImageOutput | None = None
+    video_outputs: CompressedVideoOutput | None = None
 
 
 @dataclass
 class CompressedVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """`image_hidden_states` and `image_outputs`: as `CompressedVLMModelOutputWithPast`'s."""
+    """`image_hidden_states`, `image_outputs` and `video_outputs`: as `CompressedVLMModelOutputWithPast`'s."""
 
     image_hidden_states: torch.FloatTensor | None = None
     image_outputs: CompressedImageOutput | None = None
+    video_outputs: CompressedVideoOutput | None = None
 
 
 class CompressedVLMPreTrainedModel(PreTrainedModel):
     config_class = CompressedVLMConfig
     base_model_prefix = "model"
+    # A method that takes videos (`config.video_token_id`, `pixel_values_videos`) adds "video" (VoCo-LLaMA).
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _skip_keys_device_placement = [CACHE_NAME]
@@ -206,6 +221,9 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
     compressor_class: type[nn.Module]
     compressor_input_names: tuple[str, ...] = ()
+    # Video frames the tower encodes per pass (and VoCo-LLaMA's inference prefill runs side by side): bounds the
+    # memory of a long clip, not its result.
+    frames_per_chunk = 8
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -258,6 +276,37 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
             attentions=vision_outputs.attentions,
             compressor_output=compressed,
+        )
+
+    @can_return_tuple
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
+    ) -> CompressedVideoOutput:
+        """Every frame through the tower and the compressor, as an image of one view; `pooler_output` holds each
+        video's frames in order, (frames * tokens, hidden). `pixel_values_videos` (frames of all videos, channels,
+        height, width), `video_num_frames` (videos,): as the processor returns them. `kwargs`: as
+        `get_image_features`' (not named, for the same reason)."""
+        if "video" not in self.input_modalities:
+            raise ValueError(f"{type(self).__name__} does not take videos (no 'video' in its input_modalities).")
+        if video_num_frames is None:
+            raise ValueError(
+                "pixel_values_videos needs video_num_frames (frames per video), as the processor returns."
+            )
+        counts = [int(count) for count in video_num_frames]
+        if min(counts, default=1) < 1 or sum(counts) != pixel_values_videos.shape[0]:
+            raise ValueError(
+                f"video_num_frames {counts} must be positive and sum to the {pixel_values_videos.shape[0]} frames of "
+                "pixel_values_videos."
+            )
+        chunks = [
+            self.get_image_features(frames, return_dict=True, **kwargs)
+            for frames in pixel_values_videos.split(self.frames_per_chunk)
+        ]
+        frames = {name: _concatenated([getattr(chunk, name) for chunk in chunks]) for name in chunks[0].keys()}
+        per_frame = frames["compressor_output"].image_features
+        return CompressedVideoOutput(
+            **{**frames, "pooler_output": [video.flatten(0, 1) for video in per_frame.split(counts)]},
+            video_num_frames=torch.as_tensor(counts, device=pixel_values_videos.device),
         )
 
     def encode_images(
@@ -328,16 +377,24 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         embedding = self.get_input_embeddings()(torch.tensor(token_id, dtype=torch.long, device=inputs_embeds.device))
         return (inputs_embeds == embedding).all(-1)
 
+    def get_video_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Where the video placeholders are, (batch, seq) bool."""
+        if getattr(self.config, "video_token_id", None) is None:
+            raise ValueError("config.video_token_id is not set: set it to tokenizer.convert_tokens_to_ids('<video>').")
+        return self.get_token_mask(self.config.video_token_id, input_ids, inputs_embeds)
+
     def merge_image_features(
-        self, inputs_embeds: torch.Tensor, placeholder_mask: torch.Tensor, image_features: torch.Tensor
+        self, inputs_embeds: torch.Tensor, placeholder_mask: torch.Tensor, image_features: torch.Tensor, kind="image"
     ) -> torch.Tensor:
         """Write the (tokens, hidden) features into the placeholders in order, refusing any count mismatch."""
         num_placeholders = int(placeholder_mask.sum())
         if num_placeholders != image_features.shape[0]:
             raise ValueError(
-                f"Image features and image tokens do not match: the text holds {num_placeholders} image "
-                f"placeholder tokens but the images give {image_features.shape[0]} features. Build inputs with the "
-                "model's processor."
+                f"{kind.capitalize()} features and {kind} tokens do not match: the text holds {num_placeholders} "
+                f"{kind} placeholder tokens but the {kind}s give {image_features.shape[0]} features. Build inputs "
+                "with the model's processor."
             )
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features.to(inputs_embeds))
 
@@ -356,19 +413,35 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             inputs, inputs_embeds=inputs_embeds, placeholder_mask=placeholder_mask, unfilled_image_slots=unfilled
         )
 
-    def check_placeholders_have_images(self, input_ids: torch.LongTensor | None, cache: Cache | None):
-        """Placeholders in a prefill need pixel_values; after it they are generated text (the images are in the cache).
+    def write_videos(self, inputs: LanguageModelInputs, video_outputs: CompressedVideoOutput) -> LanguageModelInputs:
+        """The frames' features written into the video placeholders, in order."""
+        placeholder_mask = self.get_video_placeholder_mask(inputs.input_ids, inputs.inputs_embeds)
+        inputs_embeds = self.merge_image_features(
+            inputs.inputs_embeds, placeholder_mask, torch.cat(list(video_outputs.pooler_output)), kind="video"
+        )
+        return dataclasses.replace(
+            inputs,
+            inputs_embeds=inputs_embeds,
+            video_placeholder_mask=placeholder_mask,
+            video_num_frames=video_outputs.video_num_frames,
+        )
+
+    def check_placeholders_have_images(self, input_ids: torch.LongTensor | None, cache: Cache | None, kind="image"):
+        """Placeholders in a prefill need pixels; after it they are generated text (the images are in the cache).
 
         Skipped under torch.compile, where the cache length is data (a static cache) and the compiled steps decode.
         """
-        if input_ids is None or self.config.image_token_id is None or torch.compiler.is_compiling():
+        token_id, pixels = self.config.image_token_id, "pixel_values"
+        if kind == "video":
+            token_id, pixels = getattr(self.config, "video_token_id", None), "pixel_values_videos"
+        if input_ids is None or token_id is None or torch.compiler.is_compiling():
             return
         if cache is not None and cache.get_seq_length() != 0:
             return
-        num_placeholders = int((input_ids == self.config.image_token_id).sum())
+        num_placeholders = int((input_ids == token_id).sum())
         if num_placeholders:
             raise ValueError(
-                f"The text holds {num_placeholders} image placeholder tokens but no pixel_values were given."
+                f"The text holds {num_placeholders} {kind} placeholder tokens but no {pixels} were given."
             )
 
     def prepare_language_model_inputs(self, inputs: LanguageModelInputs) -> LanguageModelInputs:
@@ -376,6 +449,17 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         copy of `inputs` (VoCo seals its images there, SeTok masks unfilled slots). The embeddings hold the images
         already."""
         return inputs
+
+    def run_language_model(self, inputs: LanguageModelInputs, use_cache: bool | None, **kwargs) -> ModelOutput:
+        """The hook that runs the language model over the prepared inputs: one call by default. A method may run it
+        in several passes that give the same outputs (VoCo-LLaMA's inference prefill, unit by unit)."""
+        return self.language_model(
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            inputs_embeds=inputs.inputs_embeds,
+            use_cache=use_cache,
+            **{**kwargs, CACHE_NAME: inputs.cache, "return_dict": True},
+        )
 
     def finish_language_model(self, cache: Cache | None, inputs: LanguageModelInputs) -> Cache | None:
         """The hook after the language model: the cache `forward` returns (VoCo compresses it here)."""
@@ -394,16 +478,21 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         use_cache: bool | None = None,
         image_sizes: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
         **kwargs,
     ) -> CompressedVLMModelOutputWithPast:
-        """Embed, compress the images (or take `mm_encoder_outputs["image"]`, `get_image_features`' output) and
-        write them into their placeholders, let the method edit the language model's inputs, run it, let the method
-        edit the cache."""
+        """Embed, compress the images and video frames (or take `mm_encoder_outputs["image"]` / `["video"]`,
+        `get_image_features`' / `get_video_features`' output) and write them into their placeholders, let the method
+        edit the language model's inputs, run it, let the method edit the cache."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         image_outputs = (mm_encoder_outputs or {}).get("image")
-        if pixel_values is not None and image_outputs is not None:
-            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time.")
+        video_outputs = (mm_encoder_outputs or {}).get("video")
+        if (pixel_values is not None and image_outputs is not None) or (
+            pixel_values_videos is not None and video_outputs is not None
+        ):
+            raise ValueError("You cannot specify both pixels and mm_encoder_outputs of one modality at the same time.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
@@ -411,6 +500,8 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             image_outputs = self.get_image_features(
                 pixel_values, image_sizes=image_sizes, return_dict=True, **compressor_inputs
             )
+        if pixel_values_videos is not None:
+            video_outputs = self.get_video_features(pixel_values_videos, video_num_frames, return_dict=True)
 
         inputs = LanguageModelInputs(inputs_embeds, attention_mask, position_ids, cache, input_ids=input_ids)
         if image_outputs is not None:
@@ -419,15 +510,13 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             self.check_placeholders_have_images(input_ids, cache)
             if self.training and torch.is_grad_enabled():
                 inputs = dataclasses.replace(inputs, inputs_embeds=self.anchor_image_path(inputs.inputs_embeds))
+        if video_outputs is not None:
+            inputs = self.write_videos(inputs, video_outputs)
+        elif "video" in self.input_modalities:
+            self.check_placeholders_have_images(input_ids, cache, kind="video")
         inputs = self.prepare_language_model_inputs(inputs)
 
-        outputs = self.language_model(
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            inputs_embeds=inputs.inputs_embeds,
-            use_cache=use_cache,
-            **{**kwargs, CACHE_NAME: inputs.cache, "return_dict": True},
-        )
+        outputs = self.run_language_model(inputs, use_cache, **kwargs)
         compressed = None if image_outputs is None else image_outputs.compressor_output
         return CompressedVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
@@ -436,6 +525,7 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=None if compressed is None else compressed.image_features,
             image_outputs=image_outputs,
+            video_outputs=video_outputs,
         )
 
 
@@ -451,7 +541,9 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         model_class = getattr(cls, "model_class", None)
         if model_class is None:
             return
-        cls._can_compile_fullgraph = model_class._can_compile_fullgraph  # the method says it once, on its model
+        # The method says these once, on its model.
+        cls._can_compile_fullgraph = model_class._can_compile_fullgraph
+        cls.input_modalities = model_class.input_modalities
         names = model_class.compressor_input_names
         if names:
             cls.forward = with_named_inputs(cls.forward, names)
@@ -478,6 +570,11 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_video_features(pixel_values_videos, video_num_frames, **kwargs)
+
     def get_compressed_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
         return self.model.get_compressed_image_features(pixel_values, **compressor_inputs)
 
@@ -496,6 +593,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
         **kwargs,
     ) -> CompressedVLMCausalLMOutputWithPast:
         outputs = self.model(
@@ -508,6 +607,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             use_cache=use_cache,
             image_sizes=image_sizes,
             mm_encoder_outputs=mm_encoder_outputs,
+            pixel_values_videos=pixel_values_videos,
+            video_num_frames=video_num_frames,
             return_dict=True,
             **kwargs,
         )
@@ -529,14 +630,15 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         return CompressedVLMCausalLMOutputWithPast(**{**carried, "loss": loss, "logits": logits})
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
-        """Pass image inputs until the cache holds the prompt: at the first step, and also at an assistant's prefill,
-        which `generate` runs as a later iteration. Decoding steps read the images from the KV cache. (The cache
-        travels in `kwargs` under the installed release's name; 4.57 has no `is_first_iteration`.)"""
+        """Pass image and video inputs until the cache holds the prompt: at the first step, and also at an
+        assistant's prefill, which `generate` runs as a later iteration. Decoding steps read them from the KV cache.
+        (The cache travels in `kwargs` under the installed release's name; 4.57 has no `is_first_iteration`.)"""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         keep = is_prefill_step(kwargs)
-        for name in ("pixel_values", "image_sizes", "mm_encoder_outputs", *self.model_class.compressor_input_names):
+        visual = ("pixel_values", "image_sizes", "pixel_values_videos", "video_num_frames", "mm_encoder_outputs")
+        for name in (*visual, *self.model_class.compressor_input_names):
             if keep:
                 model_inputs[name] = kwargs.get(name)
             else:
@@ -544,69 +646,87 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         return model_inputs
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """As transformers' (beams, `num_return_sequences`), but the image inputs hold one row per view, not per
-        sample (TokenPacker-HD gives each image several views): each sample's block of views is repeated
-        `expand_size` times in order, as its expanded rows read them. Images `generate` encoded before the prefill
-        (`mm_encoder_outputs`) get their per-view compressor output expanded likewise; transformers expands their
-        per-image `pooler_output`."""
-        image_inputs = self._expand_image_inputs(input_ids, model_kwargs, expand_size) if expand_size > 1 else {}
-        rest = {key: value for key, value in model_kwargs.items() if key not in image_inputs}
+        """As transformers' (beams, `num_return_sequences`), but the image and video inputs hold one row per view or
+        frame, not per sample (TokenPacker-HD gives each image several views, a video has frames): each sample's
+        block of rows is repeated `expand_size` times in order, as its expanded rows read them. What `generate`
+        encoded before the prefill (`mm_encoder_outputs`) gets its per-row compressor output expanded likewise;
+        transformers expands its per-image / per-video `pooler_output`."""
+        visual = {}
+        if expand_size > 1:
+            for modality in ("image", "video"):
+                visual.update(self._expand_visual_inputs(modality, input_ids, model_kwargs, expand_size))
+        rest = {key: value for key, value in model_kwargs.items() if key not in visual}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **rest
         )
-        return input_ids, {**model_kwargs, **image_inputs}
+        return input_ids, {**model_kwargs, **visual}
 
-    def _expand_image_inputs(self, input_ids, model_kwargs: dict, expand_size: int) -> dict:
-        """`pixel_values`, the compressor inputs (one row per view) and `image_sizes` (one row per image), each
-        sample's block repeated `expand_size` times; the compressor output of encoded images is expanded in place. A
-        sample's number of views is its number of placeholders over the placeholders per view (the same for every
-        view)."""
-        pixel_values = model_kwargs.get("pixel_values")
-        encoded = (model_kwargs.get("mm_encoder_outputs") or {}).get("image")
+    def _expand_visual_inputs(self, modality: str, input_ids, model_kwargs: dict, expand_size: int) -> dict:
+        """One modality's rows (pixels and compressor inputs, one per image view / video frame) and per-item input
+        (`image_sizes`, one per image; `video_num_frames`, one per video), each sample's block repeated `expand_size`
+        times; the compressor output of what `generate` encoded is expanded in place. A sample's number of rows is
+        its number of placeholders over the placeholders per row (the same for every row)."""
+        if modality == "image":
+            token_id, item_name = self.config.image_token_id, "image_sizes"
+            row_names = ("pixel_values", *self.model_class.compressor_input_names)
+        else:
+            token_id, item_name = getattr(self.config, "video_token_id", None), "video_num_frames"
+            row_names = ("pixel_values_videos",)
+        pixels = model_kwargs.get(row_names[0])
+        encoded = (model_kwargs.get("mm_encoder_outputs") or {}).get(modality)
         compressed = getattr(encoded, "compressor_output", None)
-        if pixel_values is None and compressed is None:
+        if pixels is None and compressed is None:
             return {}
         if input_ids is not None and input_ids.shape[-1] == 0:
             input_ids = None  # `generate` from `inputs_embeds` alone
         inputs_embeds = model_kwargs.get("inputs_embeds")
-        if (input_ids is None and inputs_embeds is None) or self.config.image_token_id is None:
+        if (input_ids is None and inputs_embeds is None) or token_id is None:
             return {}
-        placeholders = self.model.get_placeholder_mask(input_ids, inputs_embeds).sum(-1)
-        num_views = pixel_values.shape[0] if pixel_values is not None else compressed.image_features.shape[0]
+        placeholders = self.model.get_token_mask(token_id, input_ids, inputs_embeds).sum(-1)
+        num_rows = pixels.shape[0] if pixels is not None else compressed.image_features.shape[0]
         total = int(placeholders.sum())
-        if num_views == 0 or total == 0 or total % num_views:
-            return {}  # placeholders and views do not match: the forward pass reports it
-        per_view = total // num_views
-        if (placeholders % per_view).any():
+        if num_rows == 0 or total == 0 or total % num_rows:
+            return {}  # placeholders and rows do not match: the forward pass reports it
+        per_row = total // num_rows
+        if (placeholders % per_row).any():
             raise ValueError(
-                f"Every image view takes {per_view} placeholder tokens, but the samples hold {placeholders.tolist()}."
+                f"Every {modality} row takes {per_row} placeholder tokens, but the samples hold {placeholders.tolist()}."
             )
-        views_per_sample = (placeholders // per_view).tolist()
-        view_index = _repeat_blocks(views_per_sample, expand_size, placeholders.device)
+        rows_per_sample = (placeholders // per_row).tolist()
+        row_index = _repeat_blocks(rows_per_sample, expand_size, placeholders.device)
 
-        def per_view_rows(value):
-            if isinstance(value, torch.Tensor) and value.shape[0] == num_views:
-                return value[view_index.to(value.device)]
+        def per_row_rows(value):
+            if isinstance(value, torch.Tensor) and value.shape[0] == num_rows:
+                return value[row_index.to(value.device)]
             return value
 
         if compressed is not None:
             encoded.compressor_output = type(compressed)(
-                **{name: per_view_rows(value) for name, value in compressed.items()}
+                **{name: per_row_rows(value) for name, value in compressed.items()}
             )
-        expanded = {}
-        for name in ("pixel_values", *self.model_class.compressor_input_names):
-            if isinstance(model_kwargs.get(name), torch.Tensor) and model_kwargs[name].shape[0] == num_views:
-                expanded[name] = per_view_rows(model_kwargs[name])
-        image_sizes = model_kwargs.get("image_sizes")
-        if isinstance(image_sizes, torch.Tensor):
-            views_per_image = torch.tensor(self.model.views_per_image(num_views, image_sizes))
-            first_views = torch.cumsum(views_per_image, 0) - views_per_image
-            sample_ends = torch.tensor(views_per_sample).cumsum(0)
-            images_per_sample = torch.bincount(
-                torch.searchsorted(sample_ends, first_views, right=True), minlength=len(views_per_sample)
+        expanded = {
+            name: per_row_rows(model_kwargs[name])
+            for name in row_names
+            if isinstance(model_kwargs.get(name), torch.Tensor) and model_kwargs[name].shape[0] == num_rows
+        }
+        items = model_kwargs.get(item_name)
+        if modality == "video" and items is None:
+            items = getattr(encoded, "video_num_frames", None)
+        if isinstance(items, torch.Tensor):
+            if modality == "image":
+                rows_per_item = torch.tensor(self.model.views_per_image(num_rows, items))
+            else:
+                rows_per_item = items.cpu()
+            first_rows = torch.cumsum(rows_per_item, 0) - rows_per_item
+            sample_ends = torch.tensor(rows_per_sample).cumsum(0)
+            items_per_sample = torch.bincount(
+                torch.searchsorted(sample_ends, first_rows, right=True), minlength=len(rows_per_sample)
             )
-            image_index = _repeat_blocks(images_per_sample.tolist(), expand_size, image_sizes.device)
-            expanded["image_sizes"] = image_sizes[image_index]
+            item_index = _repeat_blocks(items_per_sample.tolist(), expand_size, items.device)
+            if item_name in model_kwargs:
+                expanded[item_name] = items[item_index]
+            if modality == "video" and encoded is not None:
+                encoded.video_num_frames = items[item_index]
         return expanded
 
     def _get_candidate_generator(self, *args, **kwargs):
@@ -622,6 +742,21 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
                 [*(candidate_generator.logits_processor or []), no_placeholders]
             )
         return candidate_generator
+
+
+def _concatenated(values: list):
+    """Chunks' outputs joined on their first dimension: tensors, tuples of tensors (per layer), lists (per item),
+    model outputs."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if isinstance(first, ModelOutput):
+        return type(first)(**{name: _concatenated([value[name] for value in values]) for name in first.keys()})
+    if isinstance(first, list):
+        return [item for value in values for item in value]
+    if isinstance(first, tuple):
+        return tuple(_concatenated(list(parts)) for parts in zip(*values, strict=True))
+    return first
 
 
 def _repeat_blocks(block_sizes: list[int], times: int, device) -> torch.LongTensor:
