@@ -9,7 +9,7 @@ COMPAT_LOCK := requirements/lock-transformers-4.57.txt
 PIP := pip==26.3
 TORCH := $(or $(shell grep -m1 '^torch==' $(LOCK) 2>/dev/null),torch==2.13.0)
 
-.PHONY: install demo test test-compat test-previous test-latest lock lint bench
+.PHONY: install demo test test-fast test-compat test-previous test-latest lock lint bench
 
 install: $(STAMP)
 
@@ -30,8 +30,14 @@ $(STAMP): $(LOCK) pyproject.toml
 demo: install
 	$(VENV)/bin/vtc demo --save outputs/demo --overwrite
 
+# The whole suite on every core (pytest-xdist; a module or test class per worker at a time, so that module fixtures
+# such as the demo runs are built once). `make test-fast` is the edit loop: the same without the `slow` tests (the
+# full demos and the real-LLM tests).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope
+
+test-fast: install
+	$(PY) -m pytest -q -n auto --dist loadscope -m "not slow"
 
 # The transformers 4.57 compatibility suite, in its own venv (created once, like .venv). Its cross-version tests
 # run the other venv's interpreter, so both venvs must exist.

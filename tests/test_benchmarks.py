@@ -13,10 +13,11 @@ from transformers import CLIPVisionModel, LlamaForCausalLM
 from visual_token_compression.compat import CACHE_NAME
 from visual_token_compression.tools.benchmarks import flops
 from visual_token_compression.tools.benchmarks.measure import cache_bytes, counted_flops
+from visual_token_compression.tools.benchmarks.parts import record_parts
 from visual_token_compression.tools.benchmarks.presets import PRESETS
 from visual_token_compression.tools.benchmarks.report import markdown_table, plot_speedups, write_json
 from visual_token_compression.tools.benchmarks.runner import Benchmark, variants
-from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS
+from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS, LLM_FLOPS
 from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 QUESTION = "<image>\nwhat is in the picture?"
@@ -80,9 +81,9 @@ def test_whole_prefill_flops_match_the_flop_counter(model_type, kwargs):
         outside = flops.llm_flops(config.text_config, int(inputs["query_attention_mask"].sum()), logits_tokens=0)
     elif model_type == "visionzip":
         outside = flops.visionzip_attention_flops(config)
-    expected = (
-        flops.clip_vision_flops(config.vision_config) + compressor + flops.llm_flops(config.text_config, seq_len)
-    )
+    llm_formula = LLM_FLOPS[model_type]  # VoCo-LLaMA's prefill: unit by unit over the compressed cache
+    llm = llm_formula(config, inputs) if llm_formula else flops.llm_flops(config.text_config, seq_len)
+    expected = flops.clip_vision_flops(config.vision_config) + compressor + llm
     assert counts["Global"] == expected
     counted_compressor = next(count for name, count in counts.items() if name.endswith("model.compressor"))
     assert counted_compressor == compressor - outside
@@ -147,6 +148,8 @@ def test_benchmark_rows_and_reports(tmp_path):
     assert cached["flops_vision"] == cached["flops_compressor"] == 0
     assert cached["kv_cache_tokens"] == 1 + cached["prefill_tokens"]
     assert by_label["voco_llama k=1"]["kv_cache_tokens"] == cached["kv_cache_tokens"]
+    assert all(row["overhead"] > 0 and row["overhead_spread"] >= 0 for row in rows)
+    assert [row["label"] for row in rows if row["vs_bare_llm"] is not None] == ["voco_llama k=1 cached image"]
     setok = by_label["setok max=16"]
     assert 1 <= setok["kept_image_tokens"] <= 16 and setok["flops_compressor"] > 0
     visionzip = by_label["visionzip 64"]
@@ -160,3 +163,70 @@ def test_benchmark_rows_and_reports(tmp_path):
     assert len(table) == 2 + len(rows) and table[2].startswith("| llava (64) |")
     plot_speedups(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_video_rows_keep_k_columns_per_frame_against_every_frame_kept():
+    """A clip of T frames: its own baseline (LLaVA fed every frame as an image, T x 64 visual tokens), and VoCo-LLaMA
+    with k columns per frame: KV exactly T x k + the text's columns, FLOPs of its unit-by-unit prefill."""
+    preset = dataclasses.replace(PRESETS["tiny"], repeats=1, decode_repeats=1, new_tokens=2)
+    benchmark = Benchmark(preset)
+    rows = benchmark.run(measure_memory=False, progress=False, only={"voco_llama k=2 video T=8"})
+    by_label = {row["label"]: row for row in rows}
+    assert list(by_label) == ["llava (64)", "llava video T=8 (512)", "voco_llama k=2 video T=8"]
+    base, voco = by_label["llava video T=8 (512)"], by_label["voco_llama k=2 video T=8"]
+    assert base["visual_tokens"] == voco["visual_tokens"] == 8 * 64 and base["views"] == voco["views"] == 8
+    assert base["prefill_speedup"] == base["ideal_speedup"] == 1.0
+    # The prompt is BOS, 8 frame blocks (64 placeholders, "\n", 2 VoCo) and the text; BOS is sealed by the video.
+    text = voco["prefill_tokens"] - 1 - 8 * (64 + 1 + 2)
+    assert voco["kv_cache_tokens"] == 8 * 2 + text
+    assert base["kv_cache_tokens"] == base["prefill_tokens"]
+    assert voco["flops_llm"] < base["flops_llm"]
+
+
+def test_voco_video_prefill_flops_match_the_flop_counter():
+    """The unit-by-unit formula of a clip (the text before it, each frame over that context, the question over the
+    kept columns), counted op by op on the real prefill."""
+    model, processor = build_tiny("voco_llama", num_voco_tokens=2)
+    frames = [IMAGE] * 3
+    inputs = processor(videos=[frames], text="Look: <video>\nWhich way does it move?", return_tensors="pt")
+    counts = counted_flops(lambda: model(**inputs, logits_to_keep=1))
+    config = model.config
+    expected = (
+        flops.clip_vision_flops(config.vision_config, views=3)
+        + COMPRESSOR_FLOPS["voco_llama"](config, inputs)
+        + LLM_FLOPS["voco_llama"](config, inputs)
+    )
+    assert counts["Global"] == expected
+
+
+@pytest.mark.parametrize(
+    ("model_type", "video"), [("tokenpacker", False), ("quecc", False), ("voco_llama", False), ("voco_llama", True)]
+)
+def test_the_recorded_parts_are_the_prefill_called_directly(model_type, video):
+    """The overhead column divides the prefill by its parts called directly: the recording must hold each part's
+    top-level calls once (QueCC's question pass inside its compressor, VoCo-LLaMA's passes one by one) with inputs
+    that redo the prefill: replaying the last language-model pass and the head gives the model's logits."""
+    model, processor = build_tiny(model_type)
+    if video:
+        inputs = processor(videos=[[IMAGE] * 3], text="Look: <video>\nWhich way?", return_tensors="pt")
+    else:
+        inputs = processor(images=IMAGE, text=QUESTION, return_tensors="pt")
+
+    def prefill():
+        with torch.inference_mode():
+            return model(**inputs, use_cache=True, logits_to_keep=1)
+
+    parts = record_parts(model, prefill, baseline=False)
+    names = [call.part for call in parts.calls]
+    # VoCo-LLaMA: the image with the text before it, then the question; or the text before the clip, its 3 frames
+    # side by side (one chunk), then the question.
+    llm_passes = {"tokenpacker": 1, "quecc": 1, "voco_llama": 3 if video else 2}[model_type]
+    expected = ["embedding", "vision", "compressor", "scatter", *["llm"] * llm_passes, "head"]
+    assert names == expected
+    last_pass, head = parts.calls[-2], parts.calls[-1]
+    with torch.inference_mode():
+        args, kwargs = last_pass.inputs()
+        hidden = last_pass.function(*args, **kwargs).last_hidden_state[:, -1:]
+        logits = head.function(hidden)
+    torch.testing.assert_close(logits, prefill().logits, atol=0, rtol=0)
+    assert set(parts.seconds(torch.device("cpu"))) == set(expected)

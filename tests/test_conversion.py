@@ -219,8 +219,11 @@ def test_voco_llama_keeps_voco_id_and_reads_the_saved_tower(tmp_path, tower_dir)
     )
     args = ["voco_llama", "--checkpoint", str(checkpoint), "--vision-tower", str(tower_dir)]
     assert convert_cli([*args, "--output", str(tmp_path / "out")]) == 0
-    model, _ = assert_same_logits(tmp_path / "out", reference, reference_processor, vocab=voco + 1)
+    model, processor = assert_same_logits(tmp_path / "out", reference, reference_processor, vocab=voco + 1)
     assert (model.config.voco_token_id, model.config.image_token_id, model.config.num_voco_tokens) == (voco, image, 2)
+    # The released code has no video: <video> comes after <image>, a new row that images never read.
+    assert model.config.video_token_id == image + 1 == processor.tokenizer.convert_tokens_to_ids("<video>")
+    assert model.get_input_embeddings().weight.shape[0] == image + 2
 
 
 def test_missing_scale_factor_without_a_name_hint_is_demanded(tmp_path, tower_dir, capsys):

@@ -30,6 +30,12 @@ DOCUMENTED_ACCURACY = 0.917
 MARGIN = 0.06
 
 
+def kib(text: str) -> float:
+    """A table's byte count (`benchmarks.report.human_bytes`) in KiB."""
+    value, unit = text.removesuffix(" |").split()
+    return float(value) * {"B": 2**-10, "KiB": 1, "MiB": 2**10, "GiB": 2**20}[unit]
+
+
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     """Each variant's demo at 1% of its steps, run here and saved: (variant id, model type, folder, the lines it
@@ -39,6 +45,7 @@ def demo_runs(tmp_path_factory):
         name = variant_id((model_type, config_kwargs))
         folder = tmp_path_factory.mktemp(name) / "model"
         argv = ["demo", "--model-type", model_type, "--steps-scale", "0.01", "--save", str(folder)]
+        argv += ["--speed-preset", "tiny"]  # the realistic-shape columns at the bench's tiny widths: seconds
         argv += [arg for field, value in config_kwargs.items() for arg in ("--config", f"{field}={value}")]
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             main(argv)
@@ -62,6 +69,12 @@ def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_
         rows = [line.split(" | ") for line in lines if line.startswith("| ") and not line.startswith("| method")]
         assert [row[0] for row in rows] == ["| llava (baseline)", *expected], (name, rows)
         assert rows[0][1] == "64", rows  # every patch of the 8x8 grid
+        # The same settings at the speed preset's shapes: LLaVA is the speed-up's reference; every method keeps fewer
+        # KV columns than LLaVA after the prefill (VoCo-LLaMA prefills every patch but caches only its VoCo tokens).
+        assert rows[0][7] == "1.00x", rows[0]
+        for row in rows[1:]:
+            assert float(row[7].removesuffix("x")) > 0 and kib(row[8]) < kib(rows[0][8]), (name, row)
+            assert int(row[6]) <= int(rows[0][6]), (name, row)
         table = (folder / "demo.md").read_text()
         assert (folder / "demo.png").stat().st_size > 0 and table.count("\n") == 2 + len(rows)
         match = ACCURACY_LINE.fullmatch(lines[-1])
@@ -121,3 +134,20 @@ def test_demo_refuses_to_overwrite_a_folder(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(["demo", "--save", str(tmp_path)])
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_refuses_an_unknown_speed_preset_before_training(tmp_path):
+    with pytest.raises(ValueError, match="no bench preset 'huge'; choose one of tiny, small, llava-7b"):
+        main(["demo", "--speed-preset", "huge", "--save", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("demo", ["--regions", "--video"])
+@pytest.mark.parametrize(
+    "flags",
+    [["--model-type", "quecc"], ["--config", "scale_factor=4"], ["--llm", "smollm2"], ["--speed-preset", "tiny"]],
+)
+def test_the_region_and_video_demos_refuse_the_image_demos_flags(demo, flags):
+    """They train their own models: a flag of the image demo would be silently ignored."""
+    with pytest.raises(ValueError, match=f"{flags[0]} does not apply to it"):
+        main(["demo", demo, *flags])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import jinja2
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
@@ -336,6 +337,64 @@ def test_demo_tokenizer_pads_left_and_gives_one_bos(tmp_path):
     batch = CompressedVLMDataCollator(processor, template="vicuna_v1")([record])
     assert batch["input_ids"][0].tolist() == out["input_ids"][0]
     assert (batch["labels"][0] != -100).tolist() == [bool(marked) for marked in out["assistant_masks"][0]]
+
+
+# --- videos and audio: taken, or refused, never dropped -----------------------------------------------------------
+
+
+def video_chat(frames) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What happens?"}]}
+    ]
+
+
+def test_videos_are_taken_or_refused_never_dropped(saved):
+    """A processor whose model takes no videos used to return the text alone for `videos=` or a video chat item:
+    the model then answered about a video it never saw. Now only a processor with a video token takes them."""
+    _, processor, _ = saved
+    frames = [sample_image(i) for i in range(2)]
+    if processor.video_token_id is not None:  # VoCo-LLaMA
+        out = processor.apply_chat_template(
+            video_chat(frames), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        assert out["video_num_frames"].tolist() == [2] and len(out["pixel_values_videos"]) == 2
+        assert (out["input_ids"] == processor.video_token_id).sum() == 2 * processor.image_seq_length
+        return
+    with pytest.raises(ValueError, match="takes no videos"):
+        processor(images=sample_image(0), text=prompt(processor, "Hi?"), videos=[frames])
+    for tokenize in (False, True):
+        with pytest.raises(ValueError, match="takes no videos"):
+            processor.apply_chat_template(video_chat(frames), add_generation_prompt=True, tokenize=tokenize)
+    with pytest.raises(ValueError, match="takes no videos"):
+        processor._get_num_multimodal_tokens(video_sizes=[(2, 30, 40)])
+
+
+def test_audio_is_refused_never_dropped(saved):
+    _, processor, _ = saved
+    audio = [0.0] * 1600
+    with pytest.raises(ValueError, match="takes no audio"):
+        processor(images=sample_image(0), text=prompt(processor, "Hi?"), audio=audio)
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": "Hi?"}]}]
+    for tokenize in (False, True):
+        with pytest.raises(ValueError, match="takes no audio"):
+            processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=tokenize)
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_the_saved_chat_template_refuses_what_its_model_cannot_see(saved, kind):
+    """Serving stacks and TRL render the saved template without this processor: the template itself raises on
+    content its model cannot see (transformers' `raise_exception`), rather than rendering a prompt without it."""
+    _, processor, _ = saved
+    chat = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": "Hi?"}]}]
+
+    def render():
+        return processor.tokenizer.apply_chat_template(chat, chat_template=processor.chat_template, tokenize=False)
+
+    if kind == "video" and processor.video_token_id is not None:  # VoCo-LLaMA's template renders it
+        assert render().count(processor.video_token) == 1
+        return
+    with pytest.raises(jinja2.exceptions.TemplateError, match=f"no {kind} input"):
+        render()
 
 
 # --- loading -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from visual_token_compression import MODEL_TYPES
 from visual_token_compression.tools.benchmarks.presets import PRESETS
 from visual_token_compression.tools.benchmarks.runner import variants
-from visual_token_compression.tools.benchmarks.sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS
+from visual_token_compression.tools.benchmarks.sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS, LLM_FLOPS
 from visual_token_compression.tools.conversion.cli import build_parser
 from visual_token_compression.tools.conversion.converters import CONVERTERS, LLAVA_PROJECTORS
 from visual_token_compression.tools.hub import visual_token_budget
@@ -26,6 +26,7 @@ TOOL_TABLES = {
     "LLAVA_PROJECTORS": LLAVA_PROJECTORS,
     "BENCH_SWEEPS": BENCH_SWEEPS,
     "COMPRESSOR_FLOPS": COMPRESSOR_FLOPS,
+    "LLM_FLOPS": LLM_FLOPS,
 }
 
 

@@ -168,6 +168,12 @@ class CompressedVLMModelTester:
         sample = self.processor(images=self._images()[:1], text=self.processor.image_token + "x" * text_length)
         self.seq_length = len(sample["input_ids"][0])
         self.encoder_seq_length = self.seq_length
+        if "video" in MODEL_TYPES[variant.model_type].model_class.input_modalities:
+            self.video_model_tester = VideoInputsTester(self)
+
+    def _letters(self) -> list[str]:
+        letters = modeling_common.ids_tensor([self.batch_size, self.text_length], 26).tolist()
+        return ["".join(chr(ord("a") + i) for i in row) for row in letters]
 
     def get_config(self):
         return MODEL_TYPES[self.variant.model_type].config_class(**self.config_kwargs)
@@ -177,8 +183,7 @@ class CompressedVLMModelTester:
 
     def prepare_config_and_inputs(self):
         config = self.get_config()
-        letters = modeling_common.ids_tensor([self.batch_size, self.text_length], 26).tolist()
-        texts = [self.processor.image_token + "".join(chr(ord("a") + i) for i in row) for row in letters]
+        texts = [self.processor.image_token + letters for letters in self._letters()]
         batch = self.processor(images=self._images(), text=texts, return_tensors="pt")
         return config, {name: value.to(modeling_common.torch_device) for name, value in batch.items()}
 
@@ -186,8 +191,31 @@ class CompressedVLMModelTester:
         return self.prepare_config_and_inputs()
 
 
+class VideoInputsTester:
+    """The mixin's `video_model_tester` for a model that takes videos (VoCo-LLaMA): every sample one clip of
+    `frames` frames and random letters, as the processor writes it, for the `get_video_features` tests."""
+
+    def __init__(self, model_tester: CompressedVLMModelTester, frames: int = 2):
+        self.model_tester = model_tester
+        self.frames = frames
+        self.video_config = model_tester.vision_config  # the frames' tower: its layers are the expected count
+
+    def prepare_config_and_inputs_for_common(self):
+        tester = self.model_tester
+        frames = random_images(tester.batch_size * self.frames, tester.image_shape)
+        videos = [frames[index : index + self.frames] for index in range(0, len(frames), self.frames)]
+        texts = [tester.processor.video_token + letters for letters in tester._letters()]
+        batch = tester.processor(videos=videos, text=texts, return_tensors="pt")
+        # The mixin calls `get_video_features` with exactly these, so only the video inputs.
+        names = ("pixel_values_videos", "video_num_frames")
+        return tester.get_config(), {name: batch[name].to(modeling_common.torch_device) for name in names}
+
+
 # ------------------------------------------------------------------------------------------------------------------
-# Skips: a regular expression over test names (parametrized names included) -> reason.
+# Tests that cannot apply are not generated (rather than generated to be skipped): a regular expression over test
+# names (parametrized names included) -> reason. Besides these, every mixin test that skips itself at import time
+# (hardware or packages this machine lacks: an accelerator, flash-attn, deepspeed, kernels, ...) is left out, with
+# the mixin's own reason (`_deselect`).
 
 GENERATION_MIXIN_MISSING = (
     "transformers' sdist does not ship tests/generation/test_utils.py, so these classes cannot inherit "
@@ -213,6 +241,24 @@ GENERATION_MIXIN_MISSING = (
 #   (tests/test_transformers_api.py::test_generation_classes_list_generation_mixin_directly).
 
 MODEL_SKIPS: dict[str, str] = {
+    r"test_encoder_decoder_loss_no_double_shift|test_moe_.*|test_output_router_logits_from_config": (
+        "For encoder-decoder and mixture-of-experts models; these are decoders without experts."
+    ),
+    r"test_sliding_window_mask|test_model_rope_with_partial_rotation|test_vision_axial_rope": (
+        "For attention and RoPE variants (sliding windows, partial rotation, axial vision RoPE) the testers' Llama "
+        "and CLIP do not use."
+    ),
+    r"test_resize_position_vector_embeddings": "For models with learned position embeddings in the LLM; Llama's are rotary.",
+    r"test_eager_matches_batched_and_grouped_inference_.*": (
+        "For models with grouped-GEMM experts; no expert layers here."
+    ),
+    r"test_eager_matches_sdpa_inference_24_fp32_pad_left_output_attentions": (
+        "The mixin leaves this one combination out for every model (sdpa returns no attentions); the other 23 run."
+    ),
+    r"test_sdpa_can_dispatch_non_composite_models": (
+        "For single-model architectures; these are composite (tower + LLM): test_sdpa_can_dispatch_composite_models "
+        "runs."
+    ),
     r"test_generation_tester_mixin_inheritance": GENERATION_MIXIN_MISSING,
     r"test_model_rope_scaling_from_config_.*": (
         "The test feeds random ids drawn from the whole vocabulary, which include the <image> placeholder id, "
@@ -224,12 +270,27 @@ MODEL_SKIPS: dict[str, str] = {
 }
 
 PROCESSOR_SKIPS: dict[str, str] = {
+    r".*audio.*": "No processor here takes audio (each refuses it: tests/test_processor_contract.py).",
+    r".*video.*": (
+        "For processors with a `video_processor`: none here has one (VoCo-LLaMA reads its frames with the image "
+        "processor; tests/test_voco_video_processing.py covers its videos)."
+    ),
+    r"test_apply_chat_template_tool_calls_no_content": "The chat templates (Vicuna v1, VoCo's) have no tool calls.",
     r"test_valid_processor_kwargs_set": (
         "The test expects a processor's kwargs class to be named `<ProcessorClass>Kwargs` in the processor's own "
         "module (transformers' one-file-per-model layout). Our processors share CompressedVLMProcessor and its "
         "CompressedVLMProcessorKwargs (processing/base.py), which is set as valid_processor_kwargs; QueCC, the one "
         "processor with kwargs of its own, defines QueCCProcessorKwargs and passes."
     ),
+}
+
+VARIANT_MODEL_SKIPS: dict[str, dict[str, str]] = {
+    "VoCoLlama": {
+        r"test_bc_cache_name_forward": (
+            "The test reads a standard cache back; VoCo-LLaMA returns a VoCoCache (the prompt's VoCo columns only), "
+            "which the test then skips. tests/test_cache_names.py checks both cache names for every type."
+        ),
+    },
 }
 
 VARIANT_PROCESSOR_SKIPS: dict[str, dict[str, str]] = {
@@ -246,25 +307,28 @@ VARIANT_PROCESSOR_SKIPS: dict[str, dict[str, str]] = {
             "tile and row separators are single tokens; it refuses to be built without it, by design."
         ),
     },
+    "VoCoLlama": {
+        r"test_processor_with_multiple_inputs": (
+            "The test passes videos only to processors with a `video_processor` but writes the `<video>` token into "
+            "its text for every processor with a `video_token`. VoCo-LLaMA's processor takes videos without a video "
+            "processor (each frame goes through the image processor, so a 1-frame video is an image and no "
+            "torchvision is needed), so the text holds a `<video>` without its video, which it refuses. Images, "
+            "videos and text together: test_model_input_names here and tests/test_voco_video_processing.py::"
+            "test_images_and_videos_interleave_in_text_order."
+        ),
+    },
 }
 
 
-def _skipped(reason: str):
-    @unittest.skip(reason)
-    def test(self):
-        pass
-
-    return test
-
-
-def _apply_skips(cls, skips: dict[str, str]):
+def _deselect(cls, not_applicable: dict[str, str]):
+    """Leave out of `cls` the tests `not_applicable` names and those the mixin skips at import time, so that none is
+    generated only to be skipped (a name set to None is no test to unittest and pytest)."""
     for name in dir(cls):
         if not name.startswith("test_"):
             continue
-        for pattern, reason in skips.items():
-            if re.fullmatch(pattern, name):
-                setattr(cls, name, _skipped(reason))
-                break
+        skips_itself = getattr(getattr(cls, name), "__unittest_skip__", False)
+        if skips_itself or any(re.fullmatch(pattern, name) for pattern in not_applicable):
+            setattr(cls, name, None)
     return cls
 
 
@@ -410,6 +474,8 @@ def build_test_classes() -> dict[str, type]:
         @classmethod
         def _setup_test_attributes(cls, processor):
             cls.image_token = processor.image_token
+            if processor.video_token_id is not None:  # VoCo-LLaMA's: the mixin writes it into its texts with videos
+                cls.video_token = processor.video_token
 
     classes = {}
     for variant in VARIANTS:
@@ -418,7 +484,7 @@ def build_test_classes() -> dict[str, type]:
             (
                 CompressedVLMModelTest,
                 "Model",
-                MODEL_SKIPS,
+                {**MODEL_SKIPS, **VARIANT_MODEL_SKIPS.get(variant.name, {})},
                 {
                     "all_model_classes": (entry.model_class, entry.for_generation_class),
                     "additional_model_inputs": [
@@ -437,7 +503,7 @@ def build_test_classes() -> dict[str, type]:
         ):
             name = f"Test{variant.name}{suffix}"
             namespace = {"variant": variant, "__module__": __name__, "__qualname__": name, **attributes}
-            classes[name] = _apply_skips(type(name, (SingleThreaded, base, unittest.TestCase), namespace), skips)
+            classes[name] = _deselect(type(name, (SingleThreaded, base, unittest.TestCase), namespace), skips)
     return classes
 
 

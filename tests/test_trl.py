@@ -129,3 +129,71 @@ def test_assistant_only_loss_supervises_the_answers(name, kwargs, tmp_path):
         supervised = row[row != -100]
         assert tokenizer.decode(supervised, skip_special_tokens=True).strip() in ANSWERS
         assert supervised[-1] == tokenizer.eos_token_id
+
+
+# --- videos (VoCo-LLaMA) ----------------------------------------------------------------------------------------------
+
+# TRL tells a vision-language dataset by an `image` or `images` column; `{"type": "video"}` items of the messages pass
+# through its collator untouched to the processor's `apply_chat_template`, which reads their frames. A `datasets`
+# column keeps in-memory frames as images only with an explicit `Image()` feature (what it infers is undecoded bytes).
+VIDEO_MESSAGES = datasets.List(
+    {
+        "role": datasets.Value("string"),
+        "content": datasets.List(
+            {
+                "type": datasets.Value("string"),
+                "text": datasets.Value("string"),
+                "video": datasets.List(datasets.Image()),
+            }
+        ),
+    }
+)
+
+
+def video_conversations(images_column: bool = True):
+    """Four conversations, each about a clip of 2 or 3 frames (no images: the `images` column is empty lists)."""
+    rows = {"messages": []}
+    for seed, answer in enumerate(ANSWERS):
+        clip = [sample_image(10 * seed + t, size=(24, 20)) for t in range(2 + seed % 2)]
+        user = [{"type": "video", "text": None, "video": clip}, {"type": "text", "text": f"What happens {seed}?"}]
+        answer_turn = [{"type": "text", "text": answer, "video": None}]
+        rows["messages"].append(
+            [
+                {"role": "user", "content": [{"video": None, **item} for item in user]},
+                {"role": "assistant", "content": answer_turn},
+            ]
+        )
+    features = {"messages": VIDEO_MESSAGES}
+    if images_column:
+        rows["images"] = [[] for _ in ANSWERS]
+        features["images"] = datasets.List(datasets.Image())
+    return datasets.Dataset.from_dict(rows, features=datasets.Features(features))
+
+
+def test_sft_trainer_with_video_messages(tmp_path):
+    """TRL trains on video conversations unmodified: its loss is the model's own on batches whose frames are every
+    clip's, its assistant-only labels are the answers, and the compressor and the LLM learn."""
+    model, processor = build_tiny("voco_llama", num_voco_tokens=2)
+    args = sft_config(tmp_path, assistant_only_loss=True)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=video_conversations(), processing_class=processor)
+    batch = assert_trl_loss_is_the_models_own(trainer)
+    frames = batch["video_num_frames"]
+    assert (
+        sorted(frames.tolist()) in ([2, 2], [2, 3], [3, 3]) and batch["pixel_values_videos"].shape[0] == frames.sum()
+    )
+    placeholders = (batch["input_ids"] == model.config.video_token_id).sum()
+    assert placeholders == frames.sum() * model.config.image_seq_length
+    for row in batch["labels"]:
+        supervised = row[row != -100]
+        assert processor.tokenizer.decode(supervised, skip_special_tokens=True).strip() in ANSWERS
+    assert_trains(trainer)
+
+
+def test_video_messages_without_an_images_column_are_refused_not_trained_blind(tmp_path):
+    """Without an `image(s)` column TRL takes the dataset for text: it tokenizes the chats (the processor expands each
+    video) and drops the frames. The model then refuses the batch instead of training on placeholders it cannot see."""
+    model, processor = build_tiny("voco_llama", num_voco_tokens=2)
+    dataset = video_conversations(images_column=False)
+    trainer = trl.SFTTrainer(model=model, args=sft_config(tmp_path), train_dataset=dataset, processing_class=processor)
+    with pytest.raises(ValueError, match="video placeholder tokens but no pixel_values_videos"):
+        trainer.train()

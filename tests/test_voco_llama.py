@@ -195,7 +195,9 @@ def test_missing_voco_tokens_are_refused(tiny):
     model, processor = tiny
     inputs = processor(images=RED, text="<image>\nhi", return_tensors="pt")
     keep = inputs.input_ids[0] != model.config.voco_token_id
-    with pytest.raises(ValueError, match="1 images or video frames and 0 <voco> tokens, but needs 2 per image or frame"):
+    with pytest.raises(
+        ValueError, match="1 images or video frames and 0 <voco> tokens, but needs 2 per image or frame"
+    ):
         model(input_ids=inputs.input_ids[:, keep], pixel_values=inputs.pixel_values)
 
 

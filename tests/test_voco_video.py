@@ -294,7 +294,8 @@ def test_one_frame_video_is_the_image():
 
 
 def restart_positions(ids: torch.Tensor) -> torch.Tensor:
-    """The order-blind control: every frame at the first frame's positions, the text as compact positions put it."""
+    """The order-blind control, written out: every frame at the first frame's positions, the text as compact
+    positions put it."""
     layout = voco_layout(ids == VOCO, ids == IMAGE, ids == VIDEO, K)
     compact = torch.arange(ids.shape[1]) - layout.position_shift
     frame = len(block(VIDEO))
@@ -303,6 +304,13 @@ def restart_positions(ids: torch.Tensor) -> torch.Tensor:
         start = 1 + t * frame
         restarted[:, start : start + frame] = compact[:, 1 : 1 + frame]
     return restarted
+
+
+def test_the_restart_control_is_the_positions_written_out():
+    """`video_positions="restart"` (the demo's order-blind control) gives exactly those positions."""
+    ids = torch.tensor([[BOS, *video(3), *QUESTION]])
+    layout = voco_layout(ids == VOCO, ids == IMAGE, ids == VIDEO, K, restart_frames=True)
+    assert torch.equal(torch.arange(ids.shape[1]) - layout.position_shift, restart_positions(ids))
 
 
 def test_compact_positions_see_the_frame_order_and_restarted_ones_do_not():
@@ -388,3 +396,17 @@ def test_errors_name_the_problem():
     no_voco = torch.tensor([[BOS, *[VIDEO] * PATCHES, *NEWLINE, *QUESTION]])
     with pytest.raises(ValueError, match="0 <voco> tokens, but needs 2 per image or frame"):
         model(input_ids=no_voco, pixel_values_videos=pixels(1, 0), video_num_frames=torch.tensor([1]))
+
+
+def test_a_config_without_video_token_id_refuses_videos():
+    model = build_model()
+    config = model.config.to_dict()
+    config["video_token_id"] = None
+    no_video = VoCoLlamaForConditionalGeneration(VoCoLlamaConfig.from_dict(config)).eval()
+    inputs = mixed_batch()
+    with pytest.raises(ValueError, match=r"config.video_token_id is not set"):
+        no_video(**inputs)
+    with pytest.raises(ValueError, match="must be its own token"):
+        VoCoLlamaConfig.from_dict({**config, "video_token_id": VOCO})
+    with pytest.raises(ValueError, match="video_positions must be 'compact' or 'restart'"):
+        VoCoLlamaConfig.from_dict({**config, "video_positions": "natural"})

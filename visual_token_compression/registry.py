@@ -45,6 +45,15 @@ class ModelType:
     special_tokens: dict = field(default_factory=dict)
     # This package's image processor the method may use (TokenPacker-HD's tiler), registered and bundled with it.
     image_processor_class: type | None = None
+    # Special tokens only some configurations use: config field -> (token, the config field that switches it on).
+    optional_special_tokens: dict = field(default_factory=dict)
+
+    def special_tokens_for(self, config_kwargs: dict) -> dict[str, str]:
+        """The special tokens a model built with these config fields needs: config field -> token."""
+        switched = {
+            name: token for name, (token, switch) in self.optional_special_tokens.items() if config_kwargs.get(switch)
+        }
+        return {**self.special_tokens, **switched}
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -64,7 +73,8 @@ MODEL_TYPES: dict[str, ModelType] = {
         VoCoLlamaModel,
         VoCoLlamaForConditionalGeneration,
         VoCoLlamaProcessor,
-        special_tokens={"voco_token_id": "<voco>"},
+        # `<video>`: one video frame's placeholders (each frame is compressed like an image).
+        special_tokens={"voco_token_id": "<voco>", "video_token_id": "<video>"},
     ),
     "tokenpacker": ModelType(
         TokenPackerConfig,
@@ -73,6 +83,8 @@ MODEL_TYPES: dict[str, ModelType] = {
         TokenPackerProcessor,
         tiny_config_kwargs={"compressor_head_dim": 8},
         image_processor_class=TokenPackerImageProcessor,
+        # TokenPacker-HD with Osprey's region extractor: each region takes one `<mask>` token.
+        optional_special_tokens={"mask_token_id": ("<mask>", "use_region_extractor")},
     ),
     "visionzip": ModelType(
         VisionZipConfig,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 from ..tiling import TILE_GRIDS
-from .base import CompressedVLMConfig
+from .base import CompressedVLMConfig, default_multi_level_layers
 
 
 class TokenPackerConfig(CompressedVLMConfig):
@@ -21,6 +23,14 @@ class TokenPackerConfig(CompressedVLMConfig):
         layer_norm_eps: epsilon of the q/k/v LayerNorms (1e-6 in the original).
         patch_num: turns TokenPacker-HD on: the most tiles per image (9, 16 or 25). `None` is plain TokenPacker,
             one padded view per image. The model is the same either way; the processor slices the images.
+        use_region_extractor: TokenPacker-HD with Osprey's region extractor: every `<mask>` token of the text is
+            filled with the pooled features of one region mask (needs `patch_num`).
+        region_feature_layers: the tower layers pooled inside each mask; `None` gives the original's
+            [12, 16, 22, 23] for a 24-layer tower (the same relative depths for others).
+        mask_token_id: id of `<mask>` in the tokenizer and the LLM's embeddings. `None` with the region extractor
+            adds `<mask>` as a new token right after the LLM's vocabulary (and after `<image>` when that is there):
+            the vocabulary grows by one row. Like `image_token_id` it may lie past `text_config.vocab_size` when
+            the embeddings are resized afterwards.
     """
 
     model_type = "tokenpacker"
@@ -33,6 +43,9 @@ class TokenPackerConfig(CompressedVLMConfig):
         compressor_num_heads: int | None = None,
         layer_norm_eps: float = 1e-6,
         patch_num: int | None = None,
+        use_region_extractor: bool = False,
+        region_feature_layers: list[int] | None = None,
+        mask_token_id: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,6 +74,38 @@ class TokenPackerConfig(CompressedVLMConfig):
         if patch_num is not None and patch_num not in TILE_GRIDS:
             raise ValueError(f"patch_num={patch_num} is not supported: TokenPacker-HD defines 9, 16 and 25 (or None).")
         self.patch_num = patch_num
+        self.use_region_extractor = bool(use_region_extractor)
+        if region_feature_layers is None:
+            region_feature_layers = default_multi_level_layers(self.vision_config.num_hidden_layers)
+        self.region_feature_layers = list(region_feature_layers)
+        self.mask_token_id = self._region_token(mask_token_id) if self.use_region_extractor else mask_token_id
+
+    def _region_token(self, mask_token_id: int | None) -> int:
+        """Checks the region extractor's settings; returns `<mask>`'s id (a new row of the vocabulary for `None`)."""
+        if self.patch_num is None:
+            raise ValueError(
+                "use_region_extractor needs TokenPacker-HD (set patch_num to 9, 16 or 25): regions are pooled over "
+                "the stitched tiles of an image."
+            )
+        if not self.region_feature_layers:
+            raise ValueError("region_feature_layers is empty: the region extractor pools at least one tower layer.")
+        num_layers = self.vision_config.num_hidden_layers
+        for layer in self.region_feature_layers:
+            if not -(num_layers + 1) <= layer <= num_layers:
+                raise ValueError(
+                    f"Region feature layer {layer} does not exist: the vision tower has {num_layers} layers "
+                    f"(hidden_states indices -{num_layers + 1}..{num_layers})."
+                )
+        if mask_token_id is None:
+            # A private copy, so that growing the vocabulary never changes a config object the caller still holds.
+            self.text_config = copy.deepcopy(self.text_config)
+            mask_token_id = max(self.text_config.vocab_size, (self.image_token_id or -1) + 1)
+            self.text_config.vocab_size = mask_token_id + 1
+        if mask_token_id < 0 or mask_token_id == self.image_token_id:
+            raise ValueError(
+                f"mask_token_id={mask_token_id} must be a token id of its own, not <image>'s ({self.image_token_id})."
+            )
+        return mask_token_id
 
     @property
     def compressed_grid_size(self) -> int:

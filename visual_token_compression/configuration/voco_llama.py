@@ -20,6 +20,10 @@ class VoCoLlamaConfig(CompressedVLMConfig):
             `image_token_id` it may lie past `text_config.vocab_size` when the embeddings are resized afterwards.
         video_token_id: id of `<video>`, the placeholder of one video frame's patches (each frame is compressed like
             an image into its own `num_voco_tokens` VoCo tokens). `None`: the model takes no videos.
+        video_positions: "compact" (default): frame t of a video starts (t - 1) * num_voco_tokens positions after the
+            first, so the frames' VoCo tokens hold consecutive positions and their order is in them. "restart": every
+            frame at the first frame's positions, which makes the model blind to frame order; the control of
+            docs/voco_llama.md's video section, for ablations only.
         multi_level_feature_layers: unused by VoCo-LLaMA (single-level features only), so empty by default.
     """
 
@@ -30,6 +34,7 @@ class VoCoLlamaConfig(CompressedVLMConfig):
         num_voco_tokens: int = 1,
         voco_token_id: int | None = None,
         video_token_id: int | None = None,
+        video_positions: str = "compact",
         **kwargs,
     ):
         if kwargs.get("multi_level_feature_layers") is None:
@@ -59,9 +64,12 @@ class VoCoLlamaConfig(CompressedVLMConfig):
             )
         if video_token_id is not None and video_token_id < 0:
             raise ValueError(f"video_token_id must be a token id, got {video_token_id}.")
+        if video_positions not in ("compact", "restart"):
+            raise ValueError(f"video_positions must be 'compact' or 'restart', got {video_positions!r}.")
         self.num_voco_tokens = num_voco_tokens
         self.voco_token_id = voco_token_id
         self.video_token_id = video_token_id
+        self.video_positions = video_positions
 
     @property
     def image_seq_length(self) -> int:

@@ -144,6 +144,43 @@ def with_named_inputs(function, names: tuple[str, ...]):
     return named
 
 
+@can_return_tuple
+def get_video_features(
+    self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
+) -> CompressedVideoOutput:
+    """`CompressedVLMModel.get_video_features`, given to the models that take videos (see `__init_subclass__`).
+
+    Every frame through the tower and the compressor, as an image of one view; `pooler_output` holds each
+    video's frames in order, (frames * tokens, hidden). `pixel_values_videos` (frames of all videos, channels,
+    height, width), `video_num_frames` (videos,): as the processor returns them. `kwargs`: as
+    `get_image_features`' (not named, for the same reason)."""
+    if video_num_frames is None:
+        raise ValueError("pixel_values_videos needs video_num_frames (frames per video), as the processor returns.")
+    counts = [int(count) for count in video_num_frames]
+    if min(counts, default=1) < 1 or sum(counts) != pixel_values_videos.shape[0]:
+        raise ValueError(
+            f"video_num_frames {counts} must be positive and sum to the {pixel_values_videos.shape[0]} frames of "
+            "pixel_values_videos."
+        )
+    chunks = [
+        self.get_image_features(frames, return_dict=True, **kwargs)
+        for frames in pixel_values_videos.split(self.frames_per_chunk)
+    ]
+    frames = {name: _concatenated([getattr(chunk, name) for chunk in chunks]) for name in chunks[0].keys()}
+    per_frame = frames["compressor_output"].image_features
+    return CompressedVideoOutput(
+        **{**frames, "pooler_output": [video.flatten(0, 1) for video in per_frame.split(counts)]},
+        video_num_frames=torch.as_tensor(counts, device=pixel_values_videos.device),
+    )
+
+
+def get_video_features_of_the_model(
+    self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
+) -> CompressedVideoOutput:
+    """`CompressedVLMForConditionalGeneration.get_video_features`: the base model's."""
+    return self.model.get_video_features(pixel_values_videos, video_num_frames, **kwargs)
+
+
 # Both outputs extend transformers' own, so their cache field has the installed release's name (`cache` from 5.24).
 @dataclass
 class CompressedVLMModelOutputWithPast(BaseModelOutputWithPast):
@@ -229,6 +266,9 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
         super().__init_subclass__(**kwargs)
         if cls.compressor_input_names:
             cls.get_image_features = with_named_inputs(cls.get_image_features, cls.compressor_input_names)
+        # Only a model that takes videos has `get_video_features` (transformers' generation and tests look for it).
+        if "video" in cls.input_modalities and not hasattr(cls, "get_video_features"):
+            cls.get_video_features = get_video_features
 
     def __init__(self, config: CompressedVLMConfig):
         super().__init__(config)
@@ -276,37 +316,6 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
             attentions=vision_outputs.attentions,
             compressor_output=compressed,
-        )
-
-    @can_return_tuple
-    def get_video_features(
-        self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
-    ) -> CompressedVideoOutput:
-        """Every frame through the tower and the compressor, as an image of one view; `pooler_output` holds each
-        video's frames in order, (frames * tokens, hidden). `pixel_values_videos` (frames of all videos, channels,
-        height, width), `video_num_frames` (videos,): as the processor returns them. `kwargs`: as
-        `get_image_features`' (not named, for the same reason)."""
-        if "video" not in self.input_modalities:
-            raise ValueError(f"{type(self).__name__} does not take videos (no 'video' in its input_modalities).")
-        if video_num_frames is None:
-            raise ValueError(
-                "pixel_values_videos needs video_num_frames (frames per video), as the processor returns."
-            )
-        counts = [int(count) for count in video_num_frames]
-        if min(counts, default=1) < 1 or sum(counts) != pixel_values_videos.shape[0]:
-            raise ValueError(
-                f"video_num_frames {counts} must be positive and sum to the {pixel_values_videos.shape[0]} frames of "
-                "pixel_values_videos."
-            )
-        chunks = [
-            self.get_image_features(frames, return_dict=True, **kwargs)
-            for frames in pixel_values_videos.split(self.frames_per_chunk)
-        ]
-        frames = {name: _concatenated([getattr(chunk, name) for chunk in chunks]) for name in chunks[0].keys()}
-        per_frame = frames["compressor_output"].image_features
-        return CompressedVideoOutput(
-            **{**frames, "pooler_output": [video.flatten(0, 1) for video in per_frame.split(counts)]},
-            video_num_frames=torch.as_tensor(counts, device=pixel_values_videos.device),
         )
 
     def encode_images(
@@ -489,10 +498,12 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         image_outputs = (mm_encoder_outputs or {}).get("image")
         video_outputs = (mm_encoder_outputs or {}).get("video")
-        if (pixel_values is not None and image_outputs is not None) or (
-            pixel_values_videos is not None and video_outputs is not None
+        for pixels, outputs, name in (
+            (pixel_values, image_outputs, "pixel_values"),
+            (pixel_values_videos, video_outputs, "pixel_values_videos"),
         ):
-            raise ValueError("You cannot specify both pixels and mm_encoder_outputs of one modality at the same time.")
+            if pixels is not None and outputs is not None:
+                raise ValueError(f"You cannot specify both {name} and mm_encoder_outputs for the same modality.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         compressor_inputs = {name: kwargs.pop(name) for name in self.compressor_input_names if name in kwargs}
@@ -501,6 +512,8 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
                 pixel_values, image_sizes=image_sizes, return_dict=True, **compressor_inputs
             )
         if pixel_values_videos is not None:
+            if "video" not in self.input_modalities:
+                raise ValueError(f"{type(self).__name__} does not take videos (no 'video' in its input_modalities).")
             video_outputs = self.get_video_features(pixel_values_videos, video_num_frames, return_dict=True)
 
         inputs = LanguageModelInputs(inputs_embeds, attention_mask, position_ids, cache, input_ids=input_ids)
@@ -544,6 +557,8 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         # The method says these once, on its model.
         cls._can_compile_fullgraph = model_class._can_compile_fullgraph
         cls.input_modalities = model_class.input_modalities
+        if "video" in cls.input_modalities and not hasattr(cls, "get_video_features"):
+            cls.get_video_features = get_video_features_of_the_model
         names = model_class.compressor_input_names
         if names:
             cls.forward = with_named_inputs(cls.forward, names)
@@ -569,11 +584,6 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
-
-    def get_video_features(
-        self, pixel_values_videos: torch.Tensor, video_num_frames: torch.LongTensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        return self.model.get_video_features(pixel_values_videos, video_num_frames, **kwargs)
 
     def get_compressed_image_features(self, pixel_values: torch.Tensor, **compressor_inputs) -> torch.Tensor:
         return self.model.get_compressed_image_features(pixel_values, **compressor_inputs)
@@ -712,21 +722,36 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
         items = model_kwargs.get(item_name)
         if modality == "video" and items is None:
             items = getattr(encoded, "video_num_frames", None)
+        rows_per_item = None
         if isinstance(items, torch.Tensor):
             if modality == "image":
                 rows_per_item = torch.tensor(self.model.views_per_image(num_rows, items))
             else:
                 rows_per_item = items.cpu()
+        elif modality == "image" and encoded is not None:  # images `generate` encoded: their tokens give their views
+            rows_per_item = torch.tensor([len(tokens) // per_row for tokens in encoded.pooler_output])
+        if rows_per_item is not None:
             first_rows = torch.cumsum(rows_per_item, 0) - rows_per_item
             sample_ends = torch.tensor(rows_per_sample).cumsum(0)
             items_per_sample = torch.bincount(
                 torch.searchsorted(sample_ends, first_rows, right=True), minlength=len(rows_per_sample)
             )
-            item_index = _repeat_blocks(items_per_sample.tolist(), expand_size, items.device)
-            if item_name in model_kwargs:
-                expanded[item_name] = items[item_index]
+            item_index = _repeat_blocks(items_per_sample.tolist(), expand_size, placeholders.device)
+            if isinstance(items, torch.Tensor) and item_name in model_kwargs:
+                expanded[item_name] = items[item_index.to(items.device)]
             if modality == "video" and encoded is not None:
-                encoded.video_num_frames = items[item_index]
+                encoded.video_num_frames = items[item_index.to(items.device)]
+
+            # Per-item lists (TokenPacker-HD's region masks in, its region vectors out: one entry per image).
+            def per_item(value):
+                return [value[index] for index in item_index.tolist()]
+
+            for name in row_names[1:]:
+                if isinstance(model_kwargs.get(name), (list, tuple)) and len(model_kwargs[name]) == len(rows_per_item):
+                    expanded[name] = per_item(model_kwargs[name])
+            for name, value in encoded.compressor_output.items() if compressed is not None else ():
+                if isinstance(value, (list, tuple)) and len(value) == len(rows_per_item):
+                    encoded.compressor_output[name] = per_item(value)
         return expanded
 
     def _get_candidate_generator(self, *args, **kwargs):

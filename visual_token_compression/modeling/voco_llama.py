@@ -115,7 +115,8 @@ class VoCoLlamaModel(CompressedVLMModel):
                 if self.config.video_token_id is None
                 else self.get_video_placeholder_mask(inputs.input_ids, inputs.inputs_embeds)
             )
-        layout = voco_layout(voco_mask, image_mask, video_mask, self.config.num_voco_tokens)
+        restart = self.config.video_positions == "restart"
+        layout = voco_layout(voco_mask, image_mask, video_mask, self.config.num_voco_tokens, restart_frames=restart)
         self.check_voco_layout(layout, image_mask, video_mask, voco_mask, inputs.video_num_frames)
         return layout, voco_mask
 

@@ -55,10 +55,17 @@ def _next(mask: torch.Tensor) -> torch.Tensor:
 
 
 def voco_layout(
-    voco_mask: torch.Tensor, image_mask: torch.Tensor, video_mask: torch.Tensor, num_voco_tokens: int
+    voco_mask: torch.Tensor,
+    image_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    num_voco_tokens: int,
+    restart_frames: bool = False,
 ) -> VoCoLayout:
     """The blocks, frames, videos and seals of a batch, from where its `<voco>`, `<image>` and `<video>` tokens are
-    (each (batch, seq) bool). Every block must end with a VoCo run (`VoCoLlamaModel.check_voco_layout`)."""
+    (each (batch, seq) bool). Every block must end with a VoCo run (`VoCoLlamaModel.check_voco_layout`).
+
+    `restart_frames`: every frame of a video at its first frame's positions (the text after the video as compact):
+    the order-blind control of `config.video_positions="restart"`, never the default."""
     batch, length = voco_mask.shape
     positions = torch.arange(length, device=voco_mask.device).expand(batch, -1)
     run_end = voco_mask & ~_next(voco_mask)
@@ -89,6 +96,10 @@ def voco_layout(
     frame_lengths.scatter_add_(1, frames, torch.ones_like(frames))
     take_back = torch.where(continued_end, frame_lengths.gather(1, frames) - num_voco_tokens, 0)
     position_shift = take_back.cumsum(-1) - take_back
+    if restart_frames:  # frame t also takes back the (t - 1) * k positions compact ids advance it by
+        starts_so_far = video_start.long().cumsum(-1)
+        video_first = torch.where(new_video, starts_so_far, 0).cummax(-1).values
+        position_shift = position_shift + torch.where(frames > 0, (starts_so_far - video_first) * num_voco_tokens, 0)
 
     frames_per_video = [
         torch.bincount(row[starts])[1:].tolist() for row, starts in zip(videos, video_start, strict=True)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import ImageInput
+from transformers.tokenization_utils_base import TextInput
+
 from .base import CompressedVLMProcessor, build_image_processor
+from .regions import image_regions
 from .tokenpacker_hd import TokenPackerImageProcessor
 
 
@@ -20,6 +27,14 @@ class TokenPackerProcessor(CompressedVLMProcessor):
         row_separator: text after each row and after the global view. '\\n' is a real newline; the released
             Vicuna checkpoints saw the `<unk>` embedding there (the original's `convert_tokens_to_ids('\\n')`
             is unk for LLaMA vocabularies), which `row_separator="<unk>"` reproduces.
+        mask_token: the token a region takes in the text (TokenPacker-HD with Osprey's region extractor), when the
+            tokenizer has it.
+
+    Regions (HD with a region extractor): `region_masks=` holds one entry per image, the list of its regions (binary
+    masks, `[x1, y1, x2, y2]` boxes, COCO polygons or RLE; see `processing.regions.region_mask`), or None. Each is put
+    on the image's tile canvas exactly as the image is, and `region_masks` is returned as a list with one bool
+    (regions, rows * tile, cols * tile) tensor per image. The i-th `<mask>` of a text takes the i-th region of its
+    images, so every text must hold as many `<mask>` tokens as its images have regions.
     """
 
     def __init__(
@@ -31,10 +46,12 @@ class TokenPackerProcessor(CompressedVLMProcessor):
         image_seq_length: int | None = None,
         tile_separator: str = ",",
         row_separator: str = "\n",
+        mask_token: str = "<mask>",
         **kwargs,
     ):
         self.tile_separator = tile_separator
         self.row_separator = row_separator
+        self.mask_token = mask_token
         super().__init__(
             image_processor,
             tokenizer,
@@ -54,10 +71,22 @@ class TokenPackerProcessor(CompressedVLMProcessor):
                         f"{name}={separator!r} must be exactly one text token between two {image_token!r} tokens, "
                         f"but the tokenizer gives {ids}."
                     )
+        has_mask = mask_token in tokenizer.get_vocab()
+        self.mask_token_id = tokenizer.convert_tokens_to_ids(mask_token) if has_mask else None
 
     @classmethod
     def from_config(cls, config, tokenizer, image_processor=None, **kwargs):
-        """Plain TokenPacker, or HD with tiles of the tower's image size when `config.patch_num` is set."""
+        """Plain TokenPacker, or HD with tiles of the tower's image size when `config.patch_num` is set. With the
+        region extractor, `<mask>` is added to the tokenizer when it lacks it and must have the model's id."""
+        if getattr(config, "use_region_extractor", False):
+            mask_token = kwargs.setdefault("mask_token", "<mask>")
+            if mask_token not in tokenizer.get_vocab():
+                tokenizer.add_tokens([mask_token], special_tokens=True)
+            if tokenizer.convert_tokens_to_ids(mask_token) != config.mask_token_id:
+                raise ValueError(
+                    f"The tokenizer's {mask_token!r} has id {tokenizer.convert_tokens_to_ids(mask_token)} but the "
+                    f"model's mask_token_id is {config.mask_token_id}; build the config from this tokenizer."
+                )
         if image_processor is None and getattr(config, "patch_num", None) is not None:
             plain = build_image_processor(config.vision_config)  # the same normalisation as plain TokenPacker
             image_processor = TokenPackerImageProcessor(
@@ -90,3 +119,63 @@ class TokenPackerProcessor(CompressedVLMProcessor):
         if rows * cols > 1:
             layout += view + self.row_separator
         return layout
+
+    def __call__(
+        self, images: ImageInput | None = None, text: TextInput | list[TextInput] | None = None, **kwargs
+    ) -> BatchFeature:
+        """As the base processor's, plus `region_masks=` (flat, in `images_kwargs` or in `processor_kwargs`, as
+        `apply_chat_template` and `pipeline` pass them)."""
+        kwargs.update(kwargs.pop("processor_kwargs", None) or {})
+        region_masks = kwargs.pop("region_masks", None)
+        if isinstance(kwargs.get("images_kwargs"), dict) and "region_masks" in kwargs["images_kwargs"]:
+            if region_masks is not None:
+                raise ValueError("region_masks was given twice: flat and in images_kwargs.")
+            kwargs["images_kwargs"] = dict(kwargs["images_kwargs"])
+            region_masks = kwargs["images_kwargs"].pop("region_masks")
+        outputs = super().__call__(images=images, text=text, **kwargs)
+        texts = [text] if isinstance(text, str) else list(text)
+        mask_tokens = [sample.count(self.mask_token) if self.mask_token_id is not None else 0 for sample in texts]
+        if region_masks is None:
+            if any(mask_tokens):
+                raise ValueError(
+                    f"The text holds {sum(mask_tokens)} {self.mask_token!r} tokens but no region_masks were given."
+                )
+            return outputs
+        canvases = self.regions_on_canvases(region_masks, outputs.get("image_sizes"))
+        first = 0
+        for sample, (sample_text, tokens) in enumerate(zip(texts, mask_tokens, strict=True)):
+            count = sample_text.count(self.image_token)
+            regions = sum(len(canvas) for canvas in canvases[first : first + count])
+            first += count
+            if tokens != regions:
+                raise ValueError(
+                    f"Sample {sample} holds {tokens} {self.mask_token!r} tokens but its images have {regions} "
+                    "region masks: write one token per region, in the order of the regions."
+                )
+        tensors = isinstance(outputs["input_ids"], torch.Tensor)
+        outputs["region_masks"] = canvases if tensors else [canvas.numpy() for canvas in canvases]
+        return outputs
+
+    def regions_on_canvases(self, region_masks, image_sizes) -> list[torch.Tensor]:
+        """Each image's regions decoded at its size and put on its tile canvas (see `regions_on_canvas`)."""
+        if self.mask_token_id is None or not self.is_hd:
+            raise ValueError(
+                f"region_masks need TokenPacker-HD with a region extractor, whose tokenizer has {self.mask_token!r}: "
+                "build the processor with TokenPackerProcessor.from_config from a config with use_region_extractor."
+            )
+        sizes = [] if image_sizes is None else np.asarray(image_sizes).tolist()
+        if not isinstance(region_masks, (list, tuple)) or len(region_masks) != len(sizes):
+            given = len(region_masks) if isinstance(region_masks, (list, tuple)) else type(region_masks).__name__
+            raise ValueError(
+                f"region_masks holds one entry per image (the list of its regions, or None): got {given} for "
+                f"{len(sizes)} images."
+            )
+        return [
+            self.image_processor.regions_on_canvas(image_regions(regions, height, width), height, width)
+            for regions, (height, width) in zip(region_masks, sizes, strict=True)
+        ]
+
+    def _check_layout_kept(self, input_ids, texts: list[str]):
+        super()._check_layout_kept(input_ids, texts)
+        if self.mask_token_id is not None:
+            self._check_token_kept(input_ids, texts, self.mask_token, self.mask_token_id)

@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -63,6 +64,19 @@ def resize_bilinear(image, size: tuple[int, int], to_float=lambda pixels: pixels
     upper = left * gather(rows0, cols0) + right * gather(rows0, cols1)
     lower = left * gather(rows1, cols0) + right * gather(rows1, cols1)
     return top * upper + bottom * lower
+
+
+def masks_on_canvas(masks: np.ndarray, rows: int, cols: int, tile_size: int) -> torch.Tensor:
+    """(regions, height, width) masks -> bool masks on the rows x cols tile canvas of their image, as the original's
+    datasets put them: nearest resize to the image's letterboxed size (`F.interpolate(mode='nearest')`, the floor of
+    dst * in / out, run on uint8 as its COCO masks), at the top left, zeros elsewhere."""
+    height, width = masks.shape[-2:]
+    fitted_h, fitted_w = fit_size(height, width, rows * tile_size, cols * tile_size)
+    canvas = torch.zeros(len(masks), rows * tile_size, cols * tile_size, dtype=torch.bool)
+    if len(masks):
+        resized = F.interpolate(torch.from_numpy(masks.astype(np.uint8))[None], (fitted_h, fitted_w), mode="nearest")
+        canvas[:, :fitted_h, :fitted_w] = resized[0] != 0
+    return canvas
 
 
 class TokenPackerImageProcessor(BaseImageProcessor):
@@ -144,6 +158,11 @@ class TokenPackerImageProcessor(BaseImageProcessor):
             global_view[0, :, :global_h, :global_w] = resize_bilinear(canvas, (global_h, global_w))
             views.append(global_view)
         return torch.cat(views)
+
+    def regions_on_canvas(self, masks: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """(regions, height, width) masks of an image -> (regions, rows * tile_size, cols * tile_size) bool masks on
+        its tile canvas, placed exactly as the image (see `masks_on_canvas`)."""
+        return masks_on_canvas(masks, *self.grid(height, width), self.tile_size)
 
     def preprocess(
         self,

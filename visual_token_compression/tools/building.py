@@ -38,12 +38,13 @@ def compose_vlm(
     `<voco>`) are added to the tokenizer and the embeddings.
     """
     entry = MODEL_TYPES[model_type]
-    # VoCo-LLaMA's <voco> first, at the id right after the vocabulary as the original trained it.
-    tokenizer.add_tokens([*entry.special_tokens.values(), "<image>"], special_tokens=True)
+    special_tokens = entry.special_tokens_for(config_kwargs)
+    # VoCo-LLaMA's <voco> (Osprey's <mask>) first, at the id right after the vocabulary as the original trained it.
+    tokenizer.add_tokens([*special_tokens.values(), "<image>"], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tower_config = vision_tower if isinstance(vision_tower, PretrainedConfig) else vision_tower.config
-    special_ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in entry.special_tokens.items()}
+    special_ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in special_tokens.items()}
     config = entry.config_class(
         vision_config=tower_config,
         text_config=language_model.config,

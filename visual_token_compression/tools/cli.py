@@ -17,7 +17,37 @@ from .config_args import add_config_argument, config_fields
 # (datasets, evaluate, peft), which `vtc generate` or `vtc push` do not.
 
 
+def _refuse_flags(args, demo: str, models: str):
+    """`--video` and `--regions` train their own models: the image demo's flags do not apply to them."""
+    given = {
+        "--video": args.video and demo != "--video",
+        "--model-type": args.model_type != "tokenpacker",
+        "--config": bool(args.config),
+        "--llm": args.llm != "tiny",
+        "--speed-preset": args.speed_preset != "small",
+    }
+    if any(given.values()):
+        raise ValueError(
+            f"vtc demo {demo} trains its own models ({models}): "
+            f"{', '.join(flag for flag, flagged in given.items() if flagged)} does not apply to it."
+        )
+
+
 def _demo(args) -> int:
+    if args.video:
+        from .demo_video import run_video_demo
+
+        _refuse_flags(args, "--video", "VoCo-LLaMA video, its order-blind control, LLaVA")
+        if args.regions:
+            raise ValueError("vtc demo takes --video or --regions, not both.")
+        run_video_demo(save=args.save, overwrite=args.overwrite, steps_scale=args.steps_scale, seed=args.seed)
+        return 0
+    if args.regions:
+        from .demo_regions import run_region_demo
+
+        _refuse_flags(args, "--regions", "TokenPacker-HD with its region extractor")
+        run_region_demo(save=args.save, overwrite=args.overwrite, steps_scale=args.steps_scale, seed=args.seed)
+        return 0
     from .demo import run_demo
 
     run_demo(
@@ -27,6 +57,7 @@ def _demo(args) -> int:
         overwrite=args.overwrite,
         steps_scale=args.steps_scale,
         seed=args.seed,
+        speed_preset=args.speed_preset,
         **config_fields(args.config),
     )
     return 0
@@ -94,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the scenes, the random parts and training")
     demo.add_argument("--save", default=None, help="keep the trained model and processor in this folder")
     demo.add_argument("--overwrite", action="store_true", help="allow --save into a non-empty folder")
+    demo.add_argument(
+        "--speed-preset",
+        default="small",
+        help="the `vtc bench --preset` (tiny, small, llava-7b) at whose shapes, with random weights, the table's "
+        "speed-up and KV columns are measured",
+    )
+    demo.add_argument(
+        "--regions",
+        action="store_true",
+        help="TokenPacker-HD with Osprey's region extractor, asked about one shape of a scene by its mask",
+    )
+    demo.add_argument(
+        "--video",
+        action="store_true",
+        help="VoCo-LLaMA on clips of a moving shape, against its order-blind control and LLaVA keeping every frame",
+    )
     demo.set_defaults(func=_demo)
 
     generate = commands.add_parser("generate", help="answer a question about an image with a saved model")

@@ -31,6 +31,7 @@ from .conversion.converters import LLAVA_PROJECTORS
 from .conversion.llava_hf import convert_llava_hf
 from .demo_baseline import compose_llava, train_llava_stage
 from .demo_report import Entry, measure_prefill, plot, table
+from .demo_speed import realistic_rows, shape_description
 from .evaluation import load_vqa_accuracy
 from .evaluation.vqa_accuracy import normalize
 from .tiny import tiny_text_config, tiny_vision_config, word_tokenizer
@@ -54,37 +55,47 @@ LLM_WIDTH = {"hidden_size": 64, "intermediate_size": 128}
 TIMED_IMAGES = 8  # held-out images whose prefill is timed (each 3 times, per model)
 
 
-def write_parts(folder: Path, llm: str, data: dict, seed: int = 0) -> tuple[str, str]:
+def write_parts(
+    folder: Path,
+    llm: str,
+    data: dict,
+    seed: int = 0,
+    patch_size: int = PATCH_SIZE,
+    position_scale: float = 1.0,
+    splits: tuple[str, ...] = ("captions", "questions"),
+    **llm_config,
+) -> tuple[str, str]:
     """A random tiny CLIP tower and the LLM, as folders `vtc train` loads like any checkpoint.
 
-    The tiny LLM gets a word-level tokenizer over the demo's vocabulary, so each answer is one token.
+    The tiny LLM gets a word-level tokenizer over the words of the data's `splits`, so each answer is one token;
+    `llm_config` updates its config (the video demo's: see `demo_video`).
     """
     from transformers import AutoModel, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    tower = AutoModel.from_config(tiny_vision_config(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE))
-    write_grid_positions(tower)
+    tower = AutoModel.from_config(tiny_vision_config(image_size=IMAGE_SIZE, patch_size=patch_size))
+    write_grid_positions(tower, position_scale)
     tower.save_pretrained(folder / "tower")
     if llm == "smollm2":
         return str(folder / "tower"), "smollm2"
     texts = [VICUNA_V1_SYSTEM, "USER: ASSISTANT:", ","] + [
         turn["value"]
-        for split in ("captions", "questions")
+        for split in splits
         for record in json.loads(Path(data[split]).read_text())
         for turn in record["conversations"]
     ]
     tokenizer = word_tokenizer(texts, extra_special_tokens=())
     config = tiny_text_config(vocab_size=len(tokenizer))
-    config.update(LLM_WIDTH)
+    config.update({**LLM_WIDTH, **llm_config})
     LlamaForCausalLM(config).save_pretrained(folder / "llm")
     tokenizer.save_pretrained(folder / "llm")
     return str(folder / "tower"), str(folder / "llm")
 
 
-def write_grid_positions(tower: torch.nn.Module):
+def write_grid_positions(tower: torch.nn.Module, scale: float = 1.0):
     """Fixed 2-D sine-cosine patch positions (MAE's) in place of the random tower's normal(0, 0.02) ones, at the
-    scale of its patch embeddings. A pretrained tower's features say where each patch is; a random one's barely do,
-    and the LLM's rotary positions alone do not tell the grid's columns apart (left from right)."""
+    scale of its patch embeddings (times `scale`). A pretrained tower's features say where each patch is; a random
+    one's barely do, and the LLM's rotary positions alone do not tell the grid's columns apart (left from right)."""
     config = tower.config
     grid = config.image_size // config.patch_size
     quarter = config.hidden_size // 4
@@ -94,7 +105,7 @@ def write_grid_positions(tower: torch.nn.Module):
     table = torch.cat([wave(angle) for angle in angles for wave in (torch.sin, torch.cos)], dim=-1)
     # The patch embedding of unit-variance pixels has RMS std * sqrt(fan-in); a sine or cosine has RMS 1 / sqrt(2).
     std = config.initializer_range * config.initializer_factor
-    scale = std * math.sqrt(2 * config.num_channels * config.patch_size**2)
+    scale = scale * std * math.sqrt(2 * config.num_channels * config.patch_size**2)
     with torch.no_grad():
         tower.embeddings.position_embedding.weight[-(grid**2) :] = scale * table
 
@@ -125,8 +136,17 @@ def stage_steps(stage: int, data: dict, steps_scale: float, epochs: float | None
     return max(1, round(epochs * records / BATCH_SIZE * steps_scale))
 
 
-def training_flags(stage: int, steps: int, output: Path, seed: int, learning_rate: float | None = None) -> list[str]:
-    """`TrainingArguments` flags of one stage, the same for every model of the comparison."""
+def training_flags(
+    stage: int,
+    steps: int,
+    output: Path,
+    seed: int,
+    learning_rate: float | None = None,
+    max_grad_norm: float | None = None,
+) -> list[str]:
+    """`TrainingArguments` flags of one stage, the same for every model of the comparison; `max_grad_norm` replaces
+    the Trainer's gradient clipping (0: none)."""
+    clipping = [] if max_grad_norm is None else ["--max_grad_norm", str(max_grad_norm)]
     return [
         "--output_dir",
         str(output),
@@ -146,6 +166,7 @@ def training_flags(stage: int, steps: int, output: Path, seed: int, learning_rat
         str(not torch.cuda.is_available()),
         "--seed",
         str(seed),
+        *clipping,
     ]
 
 
@@ -243,13 +264,16 @@ def run_demo(
     overwrite: bool = False,
     steps_scale: float = 1.0,
     seed: int = 0,
+    speed_preset: str = "small",
     **config_kwargs,
 ) -> float:
-    """Trains and compares; returns the compressed model's held-out accuracy (the last line printed)."""
+    """Trains and compares; returns the compressed model's held-out accuracy (the last line printed). The same
+    settings are also timed at the shapes of `vtc bench --preset speed_preset` (random weights)."""
     if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
         raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
     label = method_label(model_type, config_kwargs)
-    config_kwargs = {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
+    speed_shape = shape_description(speed_preset)
+    user_kwargs, config_kwargs = config_kwargs, {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
     with tempfile.TemporaryDirectory(prefix="vtc-demo-") as work:
         work = Path(work)
         data = make_shapes_dataset(work / "data", num_train=NUM_TRAIN, num_test=NUM_TEST, size=IMAGE_SIZE, seed=seed)
@@ -285,6 +309,10 @@ def run_demo(
         test = json.loads(Path(data["test"]).read_text())[:TIMED_IMAGES]
         images = [Image.open(Path(data["images"]) / record["image"]).convert("RGB") for record in test]
         measure_prefill(entries, images, QUESTIONS["colour"][0])
+        print(f"timing llava and {label} at a realistic shape, random weights: {speed_shape}")
+        realistic = realistic_rows(model_type, user_kwargs, label, speed_preset)
+        for entry in entries:
+            entry.realistic = realistic["baseline" if entry is baseline else "method"]
         report = table(entries, data["chance"])
         print("\n" + report)
         if save is not None:

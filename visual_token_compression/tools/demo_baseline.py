@@ -21,8 +21,9 @@ STAGE_TRAINABLE = {
 }
 
 
-def compose_llava(vision_tower: str, language_model: str):
-    """(LLaVA-1.5 model, processor) around the given tower and LLM folders: a fresh projector, every patch kept.
+def compose_llava(vision_tower: str, language_model: str, vision_feature_layer: int = -2):
+    """(LLaVA-1.5 model, processor) around the given tower and LLM folders: a fresh projector, every patch kept,
+    read at the tower's `vision_feature_layer` (LLaVA-1.5's -2 unless the compressed model reads another).
 
     The processor is this package's, told that an image takes all of the tower's patches, so that prompts and
     training batches are laid out exactly as for the compressed models.
@@ -36,7 +37,7 @@ def compose_llava(vision_tower: str, language_model: str):
         text_config=llm.config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=grid**2,
-        vision_feature_layer=-2,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)

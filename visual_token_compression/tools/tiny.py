@@ -94,8 +94,11 @@ def build_tiny(
 ):
     """(model, processor) of a randomly initialised tiny VLM of the given method, in eval mode."""
     entry = MODEL_TYPES[model_type]
-    tokenizer = byte_tokenizer()
     config_kwargs = {**entry.tiny_config_kwargs, **config_kwargs}
+    special_tokens = entry.special_tokens_for(config_kwargs)
+    tokenizer = byte_tokenizer(("<image>", *special_tokens.values()))
+    special_ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in special_tokens.items()}
+    config_kwargs = {**special_ids, **config_kwargs}
     config = entry.config_class(
         vision_config=tiny_vision_config(vision),
         text_config=tiny_text_config(text, vocab_size=len(tokenizer)),

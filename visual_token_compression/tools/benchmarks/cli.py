@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on CPU, bfloat16 on GPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed prefill rounds (default: the preset's)")
     parser.add_argument("--decode-repeats", type=int, default=None, help="timed generate rounds")
+    parser.add_argument(
+        "--max-overhead-repeats",
+        type=int,
+        default=None,
+        help="prefill rounds a row may get in all until its overhead is known to +-1.5%% (default: the preset's)",
+    )
     parser.add_argument("--output", default=None, help="JSON file of the rows (default: bench_<preset>.json)")
     parser.add_argument("--markdown", default=None, help="also write the table here (it is always printed)")
     parser.add_argument("--plot", default=None, help="PNG of speed-up vs visual tokens (default: next to --output)")
@@ -39,7 +45,11 @@ def bench_cli(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    overrides = {"repeats": args.repeats, "decode_repeats": args.decode_repeats}
+    overrides = {
+        "repeats": args.repeats,
+        "decode_repeats": args.decode_repeats,
+        "max_overhead_repeats": args.max_overhead_repeats,
+    }
     preset = dataclasses.replace(preset, **{key: value for key, value in overrides.items() if value is not None})
     if preset.repeats < 1:
         raise SystemExit("--repeats must be at least 1.")

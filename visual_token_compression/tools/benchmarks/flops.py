@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from ...modeling.voco_rule import voco_layout
+
 
 @dataclass(frozen=True)
 class PrefillFlops:
@@ -27,8 +31,9 @@ class PrefillFlops:
 
 
 def views_of(inputs) -> int:
-    """Views of the tower in a prefill's processor inputs: one row of `pixel_values` each."""
-    return inputs["pixel_values"].shape[0]
+    """Views of the tower in a prefill's processor inputs: one row of `pixel_values` (an image view) or of
+    `pixel_values_videos` (a video frame) each."""
+    return sum(inputs[name].shape[0] for name in ("pixel_values", "pixel_values_videos") if name in inputs)
 
 
 def linear(tokens: int, in_features: int, out_features: int) -> int:
@@ -110,7 +115,22 @@ def tokenpacker_flops(config, inputs) -> int:
         + _window_attention_flops(patches, queries, config.scale_factor**2, width, config.compressor_num_heads)
         + mlp2x_flops(queries, width, config.text_config.hidden_size)
     )
-    return views_of(inputs) * per_view
+    return views_of(inputs) * per_view + region_extractor_flops(config, inputs)
+
+
+def region_extractor_flops(config, inputs) -> int:
+    """TokenPacker-HD's region extractor (Osprey) on the prompt's region masks: each mask's mean over the patch cells
+    of every pooled level, one linear layer per level, and the projection to the LLM width."""
+    width, levels = config.vision_config.hidden_size, len(config.region_feature_layers)
+    total = 0
+    for masks in inputs.get("region_masks") or ():
+        regions, (height, image_width) = masks.shape[0], masks.shape[-2:]
+        cells = (height // config.vision_config.patch_size) * (image_width // config.vision_config.patch_size)
+        pooling = 2 * levels * regions * cells * width
+        total += (
+            pooling + levels * linear(regions, width, width) + linear(regions, width, config.text_config.hidden_size)
+        )
+    return total
 
 
 def quecc_flops(config, inputs) -> int:
@@ -140,6 +160,32 @@ def quecc_flops(config, inputs) -> int:
 def voco_llama_flops(config, inputs) -> int:
     """VoCo-LLaMA's projector is LLaVA-1.5's: every patch to the LLM width; the LLM does the compressing."""
     return llava_projector_flops(config, views_of(inputs))
+
+
+def voco_llama_llm_flops(config, inputs) -> int:
+    """The language model's passes of VoCo-LLaMA's inference prefill (`modeling/voco_prefill.py`), one prompt: each
+    image with the text before it over the VoCo columns kept so far; the text before a video, then every frame over
+    that shared context; the text after the last unit over the kept columns, with the LM head on its last token."""
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise ValueError("voco_llama_llm_flops counts one prompt at a time.")
+    video = torch.zeros_like(ids, dtype=torch.bool) if config.video_token_id is None else ids == config.video_token_id
+    layout = voco_layout(ids == config.voco_token_id, ids == config.image_token_id, video, config.num_voco_tokens)
+    text_config, kept, start, total = config.text_config, 0, 0, 0
+    for end in (layout.unit_ends[0].nonzero().flatten() + 1).tolist():
+        frames = layout.frames[0, start:end]
+        if not frames.any():  # an image and the text before it
+            total += llm_flops(text_config, end - start, past_tokens=kept, logits_tokens=0)
+        else:
+            first = start + int((frames > 0).nonzero()[0])
+            shared = kept + first - start
+            total += llm_flops(text_config, first - start, past_tokens=kept, logits_tokens=0)
+            _, lengths = torch.unique_consecutive(frames[first - start :], return_counts=True)
+            for length in lengths.tolist():
+                total += llm_flops(text_config, length, past_tokens=shared, logits_tokens=0)
+        kept += int((ids[0, start:end] == config.voco_token_id).sum())
+        start = end
+    return total + llm_flops(text_config, ids.shape[1] - start, past_tokens=kept)
 
 
 def visionzip_attention_flops(config, views: int = 1) -> int:

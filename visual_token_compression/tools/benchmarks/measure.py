@@ -19,54 +19,6 @@ def cache_bytes(cache) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
 
 
-class PartTimer:
-    """Wall time spent inside given modules or methods during one call, via hooks (nothing in the model changes).
-
-    `parts` maps a part name to modules and/or (owner, method name) pairs; one part's time is the sum over them.
-    """
-
-    def __init__(self, device: torch.device, parts: dict[str, list]):
-        self.device = device
-        self.parts = parts
-        self.seconds = dict.fromkeys(parts, 0.0)
-        self._undo = []
-
-    def _start(self):
-        synchronize(self.device)
-        return time.perf_counter()
-
-    def _add(self, name, start):
-        synchronize(self.device)
-        self.seconds[name] += time.perf_counter() - start
-
-    def __enter__(self):
-        for name, targets in self.parts.items():
-            for target in targets:
-                if isinstance(target, torch.nn.Module):
-                    starts = []
-                    pre = target.register_forward_pre_hook(lambda *_, s=starts: s.append(self._start()))
-                    post = target.register_forward_hook(lambda *_, s=starts, n=name: self._add(n, s.pop()))
-                    self._undo += [pre.remove, post.remove]
-                else:
-                    owner, method = target
-                    original = getattr(owner, method)
-
-                    def timed(*args, _original=original, _name=name, **kwargs):
-                        start = self._start()
-                        result = _original(*args, **kwargs)
-                        self._add(_name, start)
-                        return result
-
-                    setattr(owner, method, timed)
-                    self._undo.append(lambda o=owner, m=method: delattr(o, m))
-        return self
-
-    def __exit__(self, *exc):
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
-
-
 def timed_call(fn, device: torch.device):
     """(result, seconds) of `fn()` with the device synchronised on both ends."""
     synchronize(device)

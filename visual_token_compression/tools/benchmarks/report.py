@@ -17,6 +17,8 @@ COLUMNS = (
     ("ideal_speedup_llm", "ideal LLM-only", "{:.2f}x"),
     ("compressor_share", "compressor time", "{:.1%}"),
     ("compressor_flops_share", "compressor FLOPs", "{:.1%}"),
+    ("overhead", "overhead (+-95%)", "{}"),
+    ("vs_bare_llm", "bare LLM / row", "{:.3f}"),
     ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
     ("kv_cache_bytes", "KV cache", "{}"),
     ("peak_memory_bytes", "peak mem", "{}"),
@@ -43,6 +45,8 @@ def markdown_table(rows: list[dict]) -> str:
         for key, _, fmt in COLUMNS:
             if key == "spread":
                 cells.append(f"{row['prefill_ms_min']:.1f}-{row['prefill_ms_max']:.1f}")
+            elif key == "overhead":
+                cells.append(f"{row['overhead']:.3f} +-{row['overhead_spread']:.1%}")
             elif key.endswith("_bytes"):
                 cells.append(human_bytes(row[key]))
             elif row.get(key) is None:

@@ -22,23 +22,33 @@ from ...processing.base import build_image_processor
 from ...registry import MODEL_TYPES
 from ..tiny import byte_tokenizer
 from . import flops
-from .measure import PartTimer, TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
+from .measure import TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
+from .parts import Parts, record_parts
 from .presets import Preset
-from .sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS, Variant
+from .sweeps import BENCH_SWEEPS, COMPRESSOR_FLOPS, LLM_FLOPS, Variant
 
 BASELINE = "llava"
 
 
 def variants(preset: Preset) -> tuple[list[Variant], list[str]]:
     """The baseline, then every registered method's rows (`sweeps.BENCH_SWEEPS`), and a note for each setting the
-    vision grid cannot take."""
+    vision grid cannot take. Clips of T frames get their own baseline first: LLaVA fed every frame as an image."""
     vision = preset.vision_config()
     grid = vision.image_size // vision.patch_size
     rows, skipped = [Variant(f"llava ({grid * grid})", BASELINE)], []
     for name in MODEL_TYPES:
         for item in BENCH_SWEEPS[name](preset.name, grid, vision.image_size):
             (skipped if isinstance(item, str) else rows).append(item)
-    return rows, skipped
+    clips = sorted({row.frames for row in rows if row.frames})
+    baselines = [
+        Variant(f"llava video T={frames} ({frames * grid * grid})", BASELINE, frames=frames) for frames in clips
+    ]
+    return [
+        rows[0],
+        *[row for row in rows[1:] if not row.frames],
+        *baselines,
+        *[row for row in rows if row.frames],
+    ], skipped
 
 
 @dataclass
@@ -52,9 +62,9 @@ class Prepared:
     config: object
     views: int
     cache: object = None
+    parts: Parts | None = None
     prefill_seconds: list[float] = field(default_factory=list)
-    vision_seconds: list[float] = field(default_factory=list)
-    compressor_seconds: list[float] = field(default_factory=list)
+    part_seconds: list[dict[str, float]] = field(default_factory=list)
     decode_tps: list[float] = field(default_factory=list)
     kv_bytes: int = 0
     kept_image_tokens: int | None = None
@@ -70,9 +80,17 @@ class Benchmark:
         self.device = torch.device(device)
         self.dtype = dtype
         self.seed = seed
-        special = [token for entry in MODEL_TYPES.values() for token in entry.special_tokens.values()]
+        special = [
+            token
+            for entry in MODEL_TYPES.values()
+            for token in [
+                *entry.special_tokens.values(),
+                *(token for token, _ in entry.optional_special_tokens.values()),
+            ]
+        ]
         self.tokenizer = byte_tokenizer(tuple(dict.fromkeys(["<image>", *special])))
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        self.video_token_id = self.tokenizer.convert_tokens_to_ids("<video>")
         self.vision_config = preset.vision_config()
         self.text_config = preset.text_config()
         if self.text_config.vocab_size < len(self.tokenizer):
@@ -89,6 +107,17 @@ class Benchmark:
     def _image(self, size: tuple[int, int] | None) -> Image.Image:
         height, width = size or (self.vision_config.image_size,) * 2
         return Image.fromarray(self.rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    def _visual_inputs(self, variant: Variant) -> tuple[str, dict]:
+        """The row's prompt text and processor arguments: an image, or a clip of `frames` frames."""
+        if variant.frames:
+            return "<video>\n" + self.question, {"videos": [[self._image(None) for _ in range(variant.frames)]]}
+        image = self._image(variant.image_size)
+        if variant.regions:  # TokenPacker-HD's region masks, each asked about by a `<mask>` after the question
+            masks = "".join(f" region{index + 1}<mask>" for index in range(variant.regions))
+            boxes = region_boxes(variant.regions, image.height, image.width)
+            return "<image>\n" + self.question + masks, {"images": image, "region_masks": [boxes]}
+        return "<image>\n" + self.question, {"images": image}
 
     def _build_baseline(self) -> LlavaForConditionalGeneration:
         config = LlavaConfig(
@@ -114,7 +143,7 @@ class Benchmark:
         """The method's model around the baseline's tower, LLM and head; only its compressor is new."""
         entry = MODEL_TYPES[variant.model_type]
         kwargs = {**self.preset.method_kwargs.get(variant.model_type, {}), **variant.config_kwargs}
-        for field_name, token in entry.special_tokens.items():
+        for field_name, token in entry.special_tokens_for(kwargs).items():
             kwargs.setdefault(field_name, self.tokenizer.convert_tokens_to_ids(token))
         config = entry.config_class(
             vision_config=self.vision_config,
@@ -136,25 +165,30 @@ class Benchmark:
         return self._ready(model), processor
 
     def _to_device(self, encoding) -> dict:
-        return {
-            key: value.to(self.device, self.dtype if value.is_floating_point() else None)
-            for key, value in encoding.items()
-        }
+        def moved(value):
+            if isinstance(value, list):  # region masks: one tensor per image
+                return [moved(item) for item in value]
+            return value.to(self.device, self.dtype if value.is_floating_point() else None)
+
+        return {key: moved(value) for key, value in encoding.items()}
 
     def prepare(self, variant: Variant) -> Prepared:
-        image = self._image(variant.image_size)
-        text = "<image>\n" + self.question
+        text, visual = self._visual_inputs(variant)
         if variant.method == BASELINE:
-            pixels = build_image_processor(self.vision_config)(image, return_tensors="pt")["pixel_values"]
-            ids = self.tokenizer(text.replace("<image>", "<image>" * self.grid**2), return_tensors="pt")
+            images = visual.get("videos", [[visual.get("images")]])[0]
+            pixels = build_image_processor(self.vision_config)(images, return_tensors="pt")["pixel_values"]
+            placeholders = "<image>" * self.grid**2 * len(images)
+            ids = self.tokenizer(
+                text.replace("<video>", "<image>").replace("<image>", placeholders), return_tensors="pt"
+            )
             inputs = self._to_device({**ids, "pixel_values": pixels})
-            return Prepared(variant, self.baseline, inputs, dict(inputs), self.baseline.config, views=1)
+            return Prepared(variant, self.baseline, inputs, dict(inputs), self.baseline.config, views=len(images))
 
         model, processor = self._build_method(variant)
-        inputs = self._to_device(processor(images=image, text=text, return_tensors="pt"))
+        inputs = self._to_device(processor(text=text, return_tensors="pt", **visual))
         prepared = Prepared(variant, model, inputs, dict(inputs), model.config, flops.views_of(inputs))
         if variant.cached_image:
-            prefix = self._to_device(processor(images=image, text="<image>", return_tensors="pt"))
+            prefix = self._to_device(processor(text="<image>", return_tensors="pt", **visual))
             length = prefix["input_ids"].shape[1]
             if not torch.equal(inputs["input_ids"][:, :length], prefix["input_ids"]):
                 raise RuntimeError("The image prefix does not start the full prompt; cannot reuse its cache.")
@@ -178,32 +212,21 @@ class Benchmark:
 
         return run
 
-    def _parts(self, row: Prepared) -> dict[str, list]:
-        """The tower, and the compressor: our models' `compress` hook (layer selection, the compressor and whatever
-        it needs, as QueCC's question pass), Llava's projector for the baseline."""
-        inner = row.model.model
-        compressor = inner.multi_modal_projector if row.variant.method == BASELINE else (inner, "compress")
-        return {"vision": [inner.vision_tower], "compressor": [compressor]}
-
     def time_prefill(self, row: Prepared):
-        fn = self._prefill_fn(row)
+        """One prefill, then its parts called directly (`parts.Parts`), in the same round: their ratio is our
+        overhead. A cached row times the forward on a copy of the cache made beforehand, as a query would."""
         if row.cache is not None:
-            # The cache copy is not part of a query's cost: time the forward alone.
             past = copy.deepcopy(row.cache)
             with torch.inference_mode():
                 _, seconds = timed_call(
                     lambda: row.model(**row.inputs, **{CACHE_NAME: past}, use_cache=True, logits_to_keep=1),
                     self.device,
                 )
-            row.prefill_seconds.append(seconds)
-            row.vision_seconds.append(0.0)
-            row.compressor_seconds.append(0.0)
-            return
-        with PartTimer(self.device, self._parts(row)) as parts:
-            _, seconds = timed_call(fn, self.device)
+        else:
+            _, seconds = timed_call(self._prefill_fn(row), self.device)
         row.prefill_seconds.append(seconds)
-        row.vision_seconds.append(parts.seconds["vision"])
-        row.compressor_seconds.append(parts.seconds["compressor"])
+        if row.parts is not None:
+            row.part_seconds.append(row.parts.seconds(self.device))
 
     def time_decode(self, row: Prepared):
         clock = TokenClock(self.device)
@@ -219,14 +242,16 @@ class Benchmark:
             )
         row.decode_tps.append(clock.decode_tokens_per_second())
 
-    def inspect(self, row: Prepared):
-        """Untimed facts of a row: KV bytes after its prefill, the tokens a dynamic compressor kept and, for a
-        compressor without a FLOPs formula, its counted FLOPs."""
+    def inspect(self, row: Prepared, parts: bool = True):
+        """Untimed facts of a row: KV bytes after its prefill, the tokens a dynamic compressor kept, its parts
+        recorded for timing (with `parts`) and, for a compressor without a FLOPs formula, its counted FLOPs."""
         output = self._prefill_fn(row)()
         row.kv_bytes = cache_bytes(output_cache(output))
         compressed = getattr(getattr(output, "image_outputs", None), "compressor_output", None)
         if getattr(compressed, "token_mask", None) is not None:
             row.kept_image_tokens = int(compressed.token_mask.sum())
+        if parts:
+            row.parts = record_parts(row.model, self._prefill_fn(row), baseline=row.variant.method == BASELINE)
         if row.variant.method != BASELINE and COMPRESSOR_FLOPS[row.variant.model_type] is None:
             counts = counted_flops(lambda: row.model(**row.inputs, use_cache=True, logits_to_keep=1))
             row.counted_compressor_flops = sum(
@@ -239,17 +264,36 @@ class Benchmark:
         """Measure every row of the preset, or those labelled in `only` (the baseline always comes first)."""
         rows_to_build, self.skipped = variants(self.preset)
         if only is not None:
-            rows_to_build = [row for row in rows_to_build if row.method == BASELINE or row.label in only]
+            clips = {row.frames for row in rows_to_build if row.label in only}
+            rows_to_build = [
+                row
+                for row in rows_to_build
+                if row.label in only or (row.method == BASELINE and (not row.frames or row.frames in clips))
+            ]
+        return self.measure(rows_to_build, measure_memory, progress)
+
+    def measure(
+        self, rows_to_build: list[Variant], measure_memory: bool = True, progress: bool = True, parts: bool = True
+    ) -> list[dict]:
+        """Build and measure these rows (each compared with the baseline row of the same `frames` among them).
+        Without `parts`, neither the parts nor the overhead are timed (half the prefill passes: the demo's use)."""
         rows = [self.prepare(variant) for variant in tqdm(rows_to_build, desc="build", disable=not progress)]
         steps = len(rows) * (1 + self.preset.repeats + self.preset.decode_repeats + measure_memory)
         with tqdm(total=steps, desc=f"bench {self.preset.name}", disable=not progress) as bar:
             for row in rows:  # the untimed facts, which also warm every row up
-                self.inspect(row)
+                self.inspect(row, parts)
                 bar.update()
             for round_index in range(self.preset.repeats):
                 for row in _rotated(rows, round_index):
                     self.time_prefill(row)
                     bar.update()
+            # More rounds, up to `max_overhead_repeats`, for rows whose overhead is not yet known within 1.5 %.
+            for round_index in range(self.preset.repeats, self.preset.max_overhead_repeats if parts else 0):
+                unsettled = [row for row in rows if overhead(row)[1] > OVERHEAD_PRECISION]
+                if not unsettled:
+                    break
+                for row in _rotated(unsettled, round_index):
+                    self.time_prefill(row)
             for round_index in range(self.preset.decode_repeats):
                 for row in _rotated(rows, round_index):
                     self.time_decode(row)
@@ -269,6 +313,8 @@ class Benchmark:
             return flops.PrefillFlops(0, 0, flops.llm_flops(self.text_config, seq_len, past_tokens=past))
         vision = flops.clip_vision_flops(self.vision_config, views)
         llm = flops.llm_flops(self.text_config, seq_len)
+        if row.variant.method != BASELINE and (llm_formula := LLM_FLOPS[row.variant.model_type]) is not None:
+            llm = llm_formula(config, row.inputs)
         if row.variant.method == BASELINE:
             compressor = flops.llava_projector_flops(config, views)
         elif (formula := COMPRESSOR_FLOPS[row.variant.model_type]) is not None:
@@ -278,15 +324,18 @@ class Benchmark:
         return flops.PrefillFlops(vision, compressor, llm)
 
     def rows(self, prepared: list[Prepared]) -> list[dict]:
-        base = prepared[0]
-        base_flops = self.flops(base)
-        base_prefill = statistics.median(base.prefill_seconds)
+        """One dict per row; speed-ups against the baseline fed the same (an image, or the clip's frames)."""
+        baselines = {row.variant.frames: row for row in prepared if row.variant.method == BASELINE}
         out = []
         for row in prepared:
+            base = baselines[row.variant.frames]
+            base_flops = self.flops(base)
+            base_prefill = statistics.median(base.prefill_seconds)
             cost = self.flops(row)
             prefill = statistics.median(row.prefill_seconds)
             ids = row.inputs["input_ids"]
-            visual = int((ids == self.image_token_id).sum()) if row.cache is None else 0
+            placeholders = (ids == self.image_token_id) | (ids == self.video_token_id)
+            visual = int(placeholders.sum()) if row.cache is None else 0
             speedup = base_prefill / prefill
             ideal = base_flops.total / cost.total
             out.append(
@@ -297,6 +346,7 @@ class Benchmark:
                     "setting": row.variant.config_kwargs,
                     "image_size": list(row.variant.image_size or (self.vision_config.image_size,) * 2),
                     "cached_image": row.variant.cached_image,
+                    "frames": row.variant.frames,
                     "views": row.views if row.cache is None else 0,
                     "visual_tokens": visual,
                     "kept_image_tokens": row.kept_image_tokens,
@@ -304,9 +354,7 @@ class Benchmark:
                     "prefill_ms": 1e3 * prefill,
                     "prefill_ms_min": 1e3 * min(row.prefill_seconds),
                     "prefill_ms_max": 1e3 * max(row.prefill_seconds),
-                    "vision_ms": 1e3 * statistics.median(row.vision_seconds),
-                    "compressor_ms": 1e3 * statistics.median(row.compressor_seconds),
-                    "compressor_share": statistics.median(row.compressor_seconds) / prefill,
+                    **self.part_fields(row, prefill),
                     "prefill_speedup": speedup,
                     "ideal_speedup": ideal,
                     "ideal_speedup_llm": base_flops.llm / cost.llm,
@@ -324,10 +372,60 @@ class Benchmark:
             )
         return out
 
+    @staticmethod
+    def part_fields(row: Prepared, prefill: float) -> dict:
+        """The row's fields from its timed parts (None where the parts were not timed)."""
+        if not row.part_seconds:
+            names = ("vision_ms", "compressor_ms", "compressor_share", "overhead", "overhead_spread", "vs_bare_llm")
+            return dict.fromkeys(names)
+        return {
+            "vision_ms": 1e3 * part_median(row, "vision"),
+            "compressor_ms": 1e3 * part_median(row, "compressor"),
+            "compressor_share": part_median(row, "compressor") / prefill,
+            "overhead": overhead(row)[0],
+            "overhead_spread": overhead(row)[1],
+            "vs_bare_llm": statistics.median(
+                parts.get("llm", 0.0) / seconds
+                for parts, seconds in zip(row.part_seconds, row.prefill_seconds, strict=True)
+            )
+            if row.cache is not None
+            else None,
+        }
+
+
+def region_boxes(count: int, height: int, width: int) -> list[list[float]]:
+    """`count` boxes [x1, y1, x2, y2], each a quarter of the image's sides, spread along its diagonal."""
+    steps = [index / max(1, count - 1) for index in range(count)]
+    return [
+        [0.75 * width * t, 0.75 * height * t, 0.75 * width * t + width / 4, 0.75 * height * t + height / 4]
+        for t in steps
+    ]
+
 
 def _named_tensors(model):
     yield from model.named_parameters()
     yield from model.named_buffers()
+
+
+# The overhead's precision the bench aims for: a 95 % interval of +-1.5 %, so that a 3 % overhead is told from noise.
+OVERHEAD_PRECISION = 0.015
+
+
+def overhead(row: Prepared) -> tuple[float, float]:
+    """The row's prefill time over the sum of its parts (median over rounds) and the half-width of the 95 % interval
+    of that ratio's mean, relative to it (inf with fewer than 3 rounds)."""
+    ratios = [
+        seconds / sum(parts.values()) for seconds, parts in zip(row.prefill_seconds, row.part_seconds, strict=True)
+    ]
+    if len(ratios) < 3:
+        return statistics.median(ratios), float("inf")
+    mean = statistics.fmean(ratios)
+    return statistics.median(ratios), 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5 / mean
+
+
+def part_median(row: Prepared, part: str) -> float:
+    """Median seconds of one part over the rounds (0 for a part the row does not run)."""
+    return statistics.median(parts.get(part, 0.0) for parts in row.part_seconds)
 
 
 def _rotated(items: list, shift: int) -> list:

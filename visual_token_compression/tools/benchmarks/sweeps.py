@@ -14,7 +14,8 @@ from . import flops
 @dataclass(frozen=True)
 class Variant:
     """One row: a method, its setting, and the image it is fed. `cached_image`: the per-query cost, the image prefix
-    run beforehand into a cache that the timed prefill reuses (VoCo-LLaMA's compressed cache)."""
+    run beforehand into a cache that the timed prefill reuses (VoCo-LLaMA's compressed cache). `frames`: a clip of
+    that many frames instead of an image (0), compared with the baseline fed every frame as an image."""
 
     label: str
     method: str
@@ -22,10 +23,13 @@ class Variant:
     config_kwargs: dict = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
     cached_image: bool = False
+    regions: int = 0  # region masks in the prompt, one `<mask>` each (TokenPacker-HD with Osprey's region extractor)
+    frames: int = 0
 
 
 def _tokenpacker_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant | str]:
-    """The three released scales, then TokenPacker-HD (9 tiles) on wider images: (rows, columns) of tower tiles."""
+    """The three released scales, then TokenPacker-HD (9 tiles) on wider images: (rows, columns) of tower tiles; then
+    the first of those images with region masks (Osprey's region extractor), against the same image without."""
     for scale in (2, 3, 4):
         if grid % scale:
             yield f"tokenpacker s={scale}: does not divide the {grid}x{grid} grid"
@@ -36,6 +40,12 @@ def _tokenpacker_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant | 
         height, width = rows * tile, columns * tile
         kwargs = {"scale_factor": 2, "patch_num": 9}
         yield Variant(f"tokenpacker-hd {height}x{width}", "tokenpacker_hd", "tokenpacker", kwargs, (height, width))
+    for rows, columns in hd_tiles.get(preset, ())[:1]:
+        height, width = rows * tile, columns * tile
+        regions = {"llava-7b": 16}.get(preset, 4)
+        kwargs = {"scale_factor": 2, "patch_num": 9, "use_region_extractor": True}
+        label = f"tokenpacker-hd {height}x{width} + {regions} regions"
+        yield Variant(label, "tokenpacker_hd", "tokenpacker", kwargs, (height, width), regions=regions)
 
 
 def _quecc_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant | str]:
@@ -49,12 +59,21 @@ def _quecc_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant | str]:
             yield Variant(f"quecc {tokens}", "quecc", "quecc", {"kernel_size": stride, "stride": stride})
 
 
+# Clip lengths per preset. `small` stops at 8: its all-frames baseline at 32 frames is an 18K-token prefill, minutes on
+# a CPU per measurement.
+VIDEO_FRAMES = {"tiny": (8, 32), "small": (8,), "llava-7b": (8, 32)}
+
+
 def _voco_llama_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant]:
-    """1 and 2 VoCo tokens, each also with the image compressed beforehand (the per-query cost)."""
+    """1 and 2 VoCo tokens, each also with the image compressed beforehand (the per-query cost), then clips."""
     for count in (1, 2):
         kwargs = {"num_voco_tokens": count}
         yield Variant(f"voco_llama k={count}", "voco_llama", "voco_llama", kwargs)
         yield Variant(f"voco_llama k={count} cached image", "voco_llama", "voco_llama", kwargs, cached_image=True)
+    for frames in VIDEO_FRAMES.get(preset, (8,)):
+        for count in (1, 2):
+            label = f"voco_llama k={count} video T={frames}"
+            yield Variant(label, "voco_llama", "voco_llama", {"num_voco_tokens": count}, frames=frames)
 
 
 def _setok_sweep(preset: str, grid: int, tile: int) -> Iterator[Variant]:
@@ -91,4 +110,14 @@ COMPRESSOR_FLOPS: dict[str, Callable[..., int] | None] = {
     "voco_llama": flops.voco_llama_flops,
     "tokenpacker": flops.tokenpacker_flops,
     "visionzip": flops.visionzip_flops,
+}
+
+# FLOPs of the language model in one prefill, `(config, processor inputs)`, where it is not one causal pass over the
+# whole prompt: VoCo-LLaMA's inference prefill runs unit by unit over the compressed cache.
+LLM_FLOPS: dict[str, Callable[..., int] | None] = {
+    "setok": None,
+    "quecc": None,
+    "voco_llama": flops.voco_llama_llm_flops,
+    "tokenpacker": None,
+    "visionzip": None,
 }

@@ -224,6 +224,8 @@ class OriginalConverter:
     method_config_keys: tuple[str, ...] = ()
     # Set when the conversion cannot run without --vision-tower: the error that asks for it.
     vision_tower_required: str | None = None
+    # Config fields of the model type's special tokens that the original never trained (added after `<image>`).
+    new_special_tokens: tuple[str, ...] = ()
 
     def convert_state_dict(self, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -71,7 +71,7 @@ def convert_llava_hf(
     image_token_id = source.config.image_token_id
     if tokenizer.convert_tokens_to_ids("<image>") != image_token_id:
         raise ValueError(f"The tokenizer's <image> is not the model's image_token_id {image_token_id}.")
-    for field, token in entry.special_tokens.items():
+    for field, token in entry.special_tokens_for(config_kwargs).items():
         if field not in config_kwargs:
             if token not in tokenizer.get_vocab():
                 tokenizer.add_tokens([token], special_tokens=True)

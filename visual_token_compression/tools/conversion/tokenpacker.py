@@ -2,7 +2,9 @@
 
 Key names follow the spec's table (tokenpacker.md §3.1, §6). The original saves no vision-tower weights, and its
 config.json may lack `scale_factor` (first release: implicitly 2) and always lacks `patch_num` (a data argument);
-both are then read from the release name (`-16patch-`, `-64token`) with a warning, or must be given.
+both are then read from the release name (`-16patch-`, `-64token`, Osprey's `-patch9`) with a warning, or must be
+given. A TokenPacker-HD + Osprey checkpoint (`mask_extractor.*` keys, tokenpacker_osprey.md §3) gets the region
+extractor; its `<mask>` had no embedding row there, so it gets a new one (see `checkpoint.convert_checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ KEY_RENAMES: list[tuple[str, str]] = [
     (PROJECTOR + r"mlp\.2\.", "model.compressor.out_mlp.fc2."),
     (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
     (r"^lm_head\.", "lm_head."),
+    # TokenPacker-HD + Osprey: the region extractor keeps the original's submodule names.
+    (r"^mask_extractor\.", "model.compressor.region_extractor."),
 ]
 PACKED_ATTENTION = (re.compile(PROJECTOR + r"clip_attn\.in_proj_(weight|bias)$"), "model.compressor.attn.")
 METHOD_CONFIG_KEYS = ("scale_factor", "patch_num")
@@ -73,7 +77,7 @@ def infer_patch_num(original_config: dict, name: str, patch_num: int | None) -> 
         return None
     if "patch_num" in original_config:
         return int(original_config["patch_num"])
-    hinted = hint_from_name(name, r"-(\d+)patch")
+    hinted = hint_from_name(name, r"-(\d+)patch") or hint_from_name(name, r"-patch(\d+)")
     if hinted is not None:
         logger.warning("config.json has no patch_num (the original never saves it); using %d from the name.", hinted)
         return hinted
@@ -99,11 +103,24 @@ class TokenPackerConverter(OriginalConverter):
     ):
         tower = vision_config if isinstance(vision_config, dict) else vision_config.to_dict()
         grid = tower["image_size"] // tower["patch_size"]
-        return {
+        regions = any(key.startswith("model.compressor.region_extractor.") for key in state_dict)
+        fields = {
             **super().config_fields(original_config, state_dict, text_config, vision_config, name),
             "scale_factor": infer_scale_factor(original_config, name, grid, scale_factor),
             "patch_num": infer_patch_num(original_config, name, patch_num),
         }
+        if regions:
+            if fields["patch_num"] is None:  # a region model is HD whatever its config says: the name may tell
+                fields["patch_num"] = hint_from_name(name, r"-(\d+)patch") or hint_from_name(name, r"-patch(\d+)")
+                if fields["patch_num"] is not None:
+                    logger.warning("Using patch_num=%d from the region checkpoint's name.", fields["patch_num"])
+            if fields["patch_num"] is None:
+                raise ValueError(
+                    "This TokenPacker-HD + Osprey checkpoint (mask_extractor weights) needs patch_num, which neither "
+                    "its config.json nor its name gives: pass --patch-num (9 for the released models)."
+                )
+            fields["use_region_extractor"] = True
+        return fields
 
     def processor_kwargs(self, config, tokenizer):
         return {"row_separator": tokenizer.unk_token} if config.patch_num is not None else {}

@@ -32,6 +32,7 @@ def convert_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 class VoCoLlamaConverter(OriginalConverter):
     convert_state_dict = staticmethod(convert_state_dict)
+    new_special_tokens = ("video_token_id",)  # the released code has no video
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--num-voco-tokens", type=int, default=2, help="VoCo tokens trained with (released: 2)")

@@ -34,14 +34,19 @@ def draw_scene(colour: str, shape: str, position: str, size: int, rng: random.Ra
         else rng.randint(size // 2 + radius, size - radius)
     )
     cy = rng.randint(radius, size - radius)
+    draw_shape(draw, shape, cx, cy, radius, COLOURS[colour])
+    return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, radius: int, fill) -> None:
+    """A circle, square or triangle of `radius` around (cx, cy); also draws region masks (fill 255 on an 'L' image)."""
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     if shape == "circle":
-        draw.ellipse(box, fill=COLOURS[colour])
+        draw.ellipse(box, fill=fill)
     elif shape == "square":
-        draw.rectangle(box, fill=COLOURS[colour])
+        draw.rectangle(box, fill=fill)
     else:
-        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=COLOURS[colour])
-    return image
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
 
 
 def make_shapes_dataset(

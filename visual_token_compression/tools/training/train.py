@@ -1,9 +1,12 @@
-"""`vtc train`: stage 1 (compressor alignment) or stage 2 (instruction tuning) with transformers' `Trainer`.
+"""`vtc train`: stage 1 (compressor alignment) or stage 2 (instruction tuning) with transformers' `Trainer`; with
+`--regions`, TokenPacker-HD's region stages (Osprey): stage 2 the region extractor alone, stage 3 all but the tower.
 
     vtc train --stage 1 --model_type tokenpacker --vision_tower openai/clip-vit-large-patch14-336 \
         --language_model lmsys/vicuna-7b-v1.5 --data blip_laion_cc_sbu_558k.json --image_folder images/ \
         --output_dir out/stage1 [any TrainingArguments]
     vtc train --stage 2 --init_from out/stage1 --data llava_v1_5_mix665k.json --image_folder images/ --output_dir out/stage2
+    vtc train --stage 2 --regions --init_from out/stage1 --data regions.json --image_folder images/ --output_dir out/r2
+    vtc train --stage 3 --init_from out/voco-stage2 --data video_qa.json --image_folder videos/ --output_dir out/video
 
 Runs unchanged under `torchrun` (DDP), `accelerate launch`, DeepSpeed (`--deepspeed configs/zero3.json`) and FSDP.
 """
@@ -15,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -25,15 +29,29 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from ...modeling.region_extractor import RegionExtractor
 from ...registry import MODEL_TYPES
 from ..building import compose_vlm, load_language_model, load_vision_tower
 from .data import CompressedVLMDataCollator, load_training_dataset
-from .policies import STAGE_TRAINING_DEFAULTS, apply_stage, bf16_supported
+from .policies import REGION_STAGE_TRAINING_DEFAULTS, STAGE_TRAINING_DEFAULTS, apply_stage, bf16_supported
 
 
 @dataclass
 class ModelArguments:
-    stage: int = field(metadata={"help": "1: train the compressor only; 2: compressor + LLM (vision always frozen)"})
+    stage: int = field(
+        metadata={
+            "help": "1: train the compressor only; 2: compressor + LLM (vision always frozen). With --regions: "
+            "2: the region extractor only; 3: everything but the vision tower. Without: 3: video QA from an image "
+            "checkpoint, compressor + LLM (models that take videos: VoCo-LLaMA)"
+        }
+    )
+    regions: bool = field(
+        default=False,
+        metadata={
+            "help": "TokenPacker-HD's region recipe (Osprey): the model gets a region extractor and <mask> if it has "
+            "none, records carry a `regions` field, and --stage 2 / 3 train as in the original"
+        },
+    )
     model_type: str = field(default="tokenpacker", metadata={"help": f"one of {sorted(MODEL_TYPES)}"})
     vision_tower: str | None = field(default=None, metadata={"help": "CLIP/SigLIP checkpoint (folder or hub id)"})
     language_model: str | None = field(
@@ -50,9 +68,13 @@ class ModelArguments:
 class DataArguments:
     data: str = field(metadata={"help": "LLaVA JSON file, or a `datasets` name/folder"})
     eval_data: str | None = field(default=None, metadata={"help": "held-out data for eval loss (same formats)"})
-    image_folder: str | None = field(default=None, metadata={"help": "root of relative image paths"})
+    image_folder: str | None = field(default=None, metadata={"help": "root of relative image and video paths"})
     template: str | None = field(default=None, metadata={"help": "plain or vicuna_v1 (default: by stage)"})
     image_column: str = "image"
+    video_column: str = field(default="video", metadata={"help": "a folder of frames, a video file or a frame list"})
+    num_frames: int = field(
+        default=8, metadata={"help": "frames kept per video, spread uniformly (fewer in a clip: an error); 0: all"}
+    )
     conversation_column: str = "conversations"
     streaming: bool = field(default=False, metadata={"help": "stream the dataset (then --max_steps is required)"})
     on_error: str = field(default="raise", metadata={"help": "bad samples: 'raise' (stop the run) or 'skip'"})
@@ -63,7 +85,10 @@ def with_stage_defaults(argv: list[str]) -> list[str]:
     """Add the originals' per-stage optimiser settings (and our Trainer needs) unless the user gave them."""
     stage_flag = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--stage"), None)
     stage_flag = stage_flag or next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--stage=")), None)
-    defaults = dict(STAGE_TRAINING_DEFAULTS.get(int(stage_flag), {})) if stage_flag else {}
+    table = STAGE_TRAINING_DEFAULTS
+    if any(arg == "--regions" or arg.startswith("--regions=") for arg in argv):
+        table = {1: STAGE_TRAINING_DEFAULTS[1], **REGION_STAGE_TRAINING_DEFAULTS}
+    defaults = dict(table.get(int(stage_flag), {})) if stage_flag else {}
     defaults.update({"remove_unused_columns": False, "report_to": "none", "gradient_checkpointing": True})
     if bf16_supported():
         defaults["bf16"] = True
@@ -81,9 +106,15 @@ def build_model(model_args: ModelArguments):
         model = AutoModelForImageTextToText.from_pretrained(
             model_args.init_from, attn_implementation=model_args.attn_implementation
         )
-        return model, AutoProcessor.from_pretrained(model_args.init_from)
+        processor = AutoProcessor.from_pretrained(model_args.init_from)
+        if model_args.regions and not getattr(model.config, "use_region_extractor", False):
+            processor = add_region_extractor(model, processor)
+        return model, processor
     if not (model_args.vision_tower and model_args.language_model):
         raise ValueError("Give --init_from, or both --vision_tower and --language_model.")
+    if model_args.regions:
+        # Osprey's TokenPacker-HD starts from 9 tiles (osprey-tokenpacker-hd-stage2-patch9).
+        overrides = {"use_region_extractor": True, "patch_num": 9, **overrides}
     language_model, tokenizer = load_language_model(model_args.language_model)
     return compose_vlm(
         model_args.model_type,
@@ -93,6 +124,33 @@ def build_model(model_args: ModelArguments):
         attn_implementation=model_args.attn_implementation,
         **overrides,
     )
+
+
+def add_region_extractor(model, processor):
+    """A TokenPacker-HD model from stage 1 made a region model, as the original's stage 2 starts: a fresh region
+    extractor (normal(0, initializer_range) weights, zero biases, as transformers initialises the original's) and
+    `<mask>` added to the tokenizer with a new embedding row at the mean. Returns the matching processor."""
+    config = model.config
+    if config.model_type != "tokenpacker" or config.patch_num is None:
+        raise ValueError(
+            f"--regions needs a TokenPacker-HD model (model_type tokenpacker with patch_num), got {config.model_type} "
+            f"with patch_num {getattr(config, 'patch_num', None)}."
+        )
+    tokenizer = processor.tokenizer
+    if "<mask>" not in tokenizer.get_vocab():
+        tokenizer.add_tokens(["<mask>"], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    config.use_region_extractor = True
+    config.mask_token_id = tokenizer.convert_tokens_to_ids("<mask>")
+    compressor = model.model.compressor
+    compressor.region_extractor = RegionExtractor(config).to(compressor.query_proj.weight)
+    for layer in compressor.region_extractor.modules():
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=config.text_config.initializer_range)
+            torch.nn.init.zeros_(layer.bias)
+    kwargs = {"tile_separator": processor.tile_separator, "row_separator": processor.row_separator}
+    return type(processor).from_config(config, tokenizer, image_processor=processor.image_processor, **kwargs)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> Trainer:
@@ -112,9 +170,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
 
     set_seed(training_args.seed)  # the fresh compressor's init, before Trainer seeds the run itself
     model, processor = build_model(model_args)
-    apply_stage(model, model_args.stage)
+    apply_stage(model, model_args.stage, regions=model_args.regions)
     dataset = load_training_dataset(
-        data_args.data, data_args.image_column, data_args.conversation_column, streaming=data_args.streaming
+        data_args.data,
+        data_args.image_column,
+        data_args.conversation_column,
+        streaming=data_args.streaming,
+        video_column=data_args.video_column,
     )
     collator = CompressedVLMDataCollator(
         processor,
@@ -122,11 +184,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         model_max_length=data_args.model_max_length,
         image_folder=data_args.image_folder,
         on_error=data_args.on_error,
+        num_frames=data_args.num_frames or None,
     )
     eval_dataset = None
     if data_args.eval_data:
         eval_dataset = load_training_dataset(
-            data_args.eval_data, data_args.image_column, data_args.conversation_column
+            data_args.eval_data,
+            data_args.image_column,
+            data_args.conversation_column,
+            video_column=data_args.video_column,
         )
     trainer = Trainer(
         model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset, data_collator=collator
