@@ -18,6 +18,7 @@ from visual_token_compression.tools.benchmarks.presets import PRESETS
 from visual_token_compression.tools.benchmarks.report import markdown_table, plot_speedups, write_json
 from visual_token_compression.tools.benchmarks.runner import Benchmark, variants
 from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS, LLM_FLOPS
+from visual_token_compression.tools.demo_speed import TIMED_ROUNDS, realistic_rows, shape_description
 from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
 QUESTION = "<image>\nwhat is in the picture?"
@@ -230,3 +231,17 @@ def test_the_recorded_parts_are_the_prefill_called_directly(model_type, video):
         logits = head.function(hidden)
     torch.testing.assert_close(logits, prefill().logits, atol=0, rtol=0)
     assert set(parts.seconds(torch.device("cpu"))) == set(expected)
+
+
+def test_the_demos_realistic_rows_time_the_prefill_without_the_parts():
+    """`vtc demo`'s speed columns (`demo_speed.realistic_rows`): the bench's rows for LLaVA and the demo's method
+    settings, measured with neither parts nor overhead rounds, so their fields from the parts are None."""
+    rows = realistic_rows("tokenpacker", {"scale_factor": 2}, "tokenpacker (scale_factor=2)", preset_name="tiny")
+    baseline, method = rows["baseline"], rows["method"]
+    assert baseline["label"] == "llava (64)" and method["label"] == "tokenpacker (scale_factor=2)"
+    assert baseline["prefill_speedup"] == 1.0 and method["visual_tokens"] == 16 and baseline["visual_tokens"] == 64
+    assert method["kv_cache_bytes"] < baseline["kv_cache_bytes"]
+    assert method["repeats"] == baseline["repeats"] == TIMED_ROUNDS  # no overhead rounds added
+    assert all(row[field] is None for row in (baseline, method) for field in ("overhead", "vision_ms", "vs_bare_llm"))
+    with pytest.raises(ValueError, match="no bench preset 'huge'"):
+        shape_description("huge")

@@ -20,7 +20,6 @@ from .config_args import add_config_argument, config_fields
 def _refuse_flags(args, demo: str, models: str):
     """`--video` and `--regions` train their own models: the image demo's flags do not apply to them."""
     given = {
-        "--video": args.video and demo != "--video",
         "--model-type": args.model_type != "tokenpacker",
         "--config": bool(args.config),
         "--llm": args.llm != "tiny",

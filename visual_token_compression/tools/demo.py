@@ -136,17 +136,8 @@ def stage_steps(stage: int, data: dict, steps_scale: float, epochs: float | None
     return max(1, round(epochs * records / BATCH_SIZE * steps_scale))
 
 
-def training_flags(
-    stage: int,
-    steps: int,
-    output: Path,
-    seed: int,
-    learning_rate: float | None = None,
-    max_grad_norm: float | None = None,
-) -> list[str]:
-    """`TrainingArguments` flags of one stage, the same for every model of the comparison; `max_grad_norm` replaces
-    the Trainer's gradient clipping (0: none)."""
-    clipping = [] if max_grad_norm is None else ["--max_grad_norm", str(max_grad_norm)]
+def training_flags(stage: int, steps: int, output: Path, seed: int, learning_rate: float | None = None) -> list[str]:
+    """`TrainingArguments` flags of one stage, the same for every model of the comparison."""
     return [
         "--output_dir",
         str(output),
@@ -166,7 +157,6 @@ def training_flags(
         str(not torch.cuda.is_available()),
         "--seed",
         str(seed),
-        *clipping,
     ]
 
 
