@@ -16,8 +16,8 @@ from visual_token_compression.tools.benchmarks.measure import cache_bytes, count
 from visual_token_compression.tools.benchmarks.parts import record_parts
 from visual_token_compression.tools.benchmarks.presets import PRESETS
 from visual_token_compression.tools.benchmarks.report import markdown_table, plot_speedups, write_json
-from visual_token_compression.tools.benchmarks.runner import Benchmark, variants
-from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS, LLM_FLOPS
+from visual_token_compression.tools.benchmarks.runner import BARE_LLM_PARTS, Benchmark, variants
+from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS, LLM_FLOPS, Variant
 from visual_token_compression.tools.demo_speed import TIMED_ROUNDS, realistic_rows, shape_description
 from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
 
@@ -245,3 +245,15 @@ def test_the_demos_realistic_rows_time_the_prefill_without_the_parts():
     assert all(row[field] is None for row in (baseline, method) for field in ("overhead", "vision_ms", "vs_bare_llm"))
     with pytest.raises(ValueError, match="no bench preset 'huge'"):
         shape_description("huge")
+
+
+def test_a_cached_voco_row_is_the_bare_causal_lm_and_nothing_else():
+    """`vs_bare_llm` compares a cached VoCo row with `BARE_LLM_PARTS`, what a causal LM runs (embedding, decoder, head):
+    the row's recorded prefill must be exactly those calls, one pass of the decoder over the question, so that the
+    ratio is our forward's cost over the bare LM's and not the cost of a part left out."""
+    benchmark = Benchmark(PRESETS["tiny"])
+    row = benchmark.prepare(Variant("cached", "voco_llama", "voco_llama", {"num_voco_tokens": 1}, cached_image=True))
+    parts = record_parts(row.model, benchmark._prefill_fn(row), baseline=False)
+    assert [call.part for call in parts.calls] == list(BARE_LLM_PARTS)
+    decoder = parts.calls[1]
+    assert decoder.kwargs["inputs_embeds"].shape[1] == row.inputs["input_ids"].shape[1]  # the question alone
