@@ -2,7 +2,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+import transformers.video_utils
+from transformers.video_utils import VideoMetadata
 
 # conversion_scripts/ is a folder of runnable scripts, not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,3 +26,22 @@ def pytest_collection_modifyitems(config, items):
     whole modules in this order, starts the longest work at once instead of leaving it to one worker at the end."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
+@pytest.fixture()
+def npy_decoder(monkeypatch):
+    """transformers' pyav decoder replaced by one that reads `.npy` clips at 10 fps and records the frames it was asked
+    to decode: `load_video` itself runs unchanged (path checks, backend choice, our sampler called before decoding)."""
+    requested = []
+
+    def read_npy(path, sample_indices_fn, **kwargs):
+        video = np.load(path)
+        metadata = VideoMetadata(total_num_frames=len(video), fps=10.0, video_backend="pyav")
+        indices = sample_indices_fn(metadata=metadata, **kwargs)
+        requested.append(list(indices))
+        metadata.frames_indices = indices
+        return video[indices], metadata
+
+    monkeypatch.setattr(transformers.video_utils, "is_av_available", lambda: True)
+    monkeypatch.setitem(transformers.video_utils.VIDEO_DECODERS, "pyav", read_npy)
+    return requested

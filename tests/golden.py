@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -85,3 +86,14 @@ def classify(method: str, kind_of: Callable[[FixtureCase], str]) -> dict[str, st
 
 def cases_of(kinds: dict[str, str | None], *wanted: str) -> list[str]:
     return [name for name, kind in kinds.items() if kind in wanted]
+
+
+def assert_index_lists_every_file(method: str, name: str, checksummed: Callable[[str], bool] = lambda file: True):
+    """The index case `name` of `method` names exactly the folder's other files, and each file `checksummed` accepts
+    byte for byte (its sha256), so that a stale or missing case is caught."""
+    folder = fixtures_root() / method
+    listed = {entry["file"]: entry["sha256"] for entry in load_case(method, name).manifest["files"]}
+    assert set(listed) == {path.name for path in folder.iterdir()} - {f"{name}.json"}
+    for file, sha256 in listed.items():
+        if checksummed(file):
+            assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == sha256, file

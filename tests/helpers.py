@@ -125,3 +125,41 @@ def run_without_package(script: str, work: Path, folders: dict[str, str]) -> tup
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+# Our compressor key prefix -> the original's, from tokenpacker.md §3.1, quecc.md §2.2/§4, voco_llama.md §9.4.
+ORIGINAL_COMPRESSOR_NAMES = {
+    "tokenpacker": {
+        "query_proj.": "q_proj_1.",
+        "key_mlp.fc1.": "k_proj_1.0.",
+        "key_mlp.fc2.": "k_proj_1.2.",
+        "value_mlp.fc1.": "v_proj_1.0.",
+        "value_mlp.fc2.": "v_proj_1.2.",
+        "query_norm.": "ln_q_1.",
+        "key_norm.": "ln_k_1.",
+        "value_norm.": "ln_v_1.",
+        "attn.out_proj.": "clip_attn.out_proj.",
+        "attn.in_proj_": "clip_attn.in_proj_",
+        "out_mlp.fc1.": "mlp.0.",
+        "out_mlp.fc2.": "mlp.2.",
+    },
+    "quecc": {
+        "query_mlp.fc1.": "0.q_proj.0.",
+        "query_mlp.fc2.": "0.q_proj.2.",
+        "query_norm.": "0.q_proj.3.",
+        "key_mlp.fc1.": "0.k_proj.0.",
+        "key_mlp.fc2.": "0.k_proj.2.",
+        "key_norm.": "0.k_proj.3.",
+        "value_mlp.fc1.": "0.v_proj.0.",
+        "value_mlp.fc2.": "0.v_proj.2.",
+        "value_norm.": "0.v_proj.3.",
+        "query_downsample.": "0.q_downsample.",
+        "text_proj.": "0.text_projection.0.",
+        "text_norm.": "0.text_projection.1.",
+        "attn.out_proj.": "0.clip_attn.out_proj.",
+        "attn.in_proj_": "0.clip_attn.in_proj_",
+        "out_mlp.fc1.": "1.",
+        "out_mlp.fc2.": "3.",
+    },
+    "voco_llama": {"fc1.": "0.", "fc2.": "2."},
+}

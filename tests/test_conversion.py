@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
+from tests.helpers import ORIGINAL_COMPRESSOR_NAMES
 from visual_token_compression import (
     MODEL_TYPES,
     TokenPackerProcessor,
@@ -25,42 +26,6 @@ from visual_token_compression.tools.tiny import build_tiny, byte_tokenizer, tiny
 IMAGE = Image.new("RGB", (70, 40), (200, 60, 30))
 PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
 
-# Our compressor key prefix -> the original's, from tokenpacker.md §3.1, quecc.md §2.2/§4, voco_llama.md §9.4.
-ORIGINAL_NAMES = {
-    "tokenpacker": {
-        "query_proj.": "q_proj_1.",
-        "key_mlp.fc1.": "k_proj_1.0.",
-        "key_mlp.fc2.": "k_proj_1.2.",
-        "value_mlp.fc1.": "v_proj_1.0.",
-        "value_mlp.fc2.": "v_proj_1.2.",
-        "query_norm.": "ln_q_1.",
-        "key_norm.": "ln_k_1.",
-        "value_norm.": "ln_v_1.",
-        "attn.out_proj.": "clip_attn.out_proj.",
-        "attn.in_proj_": "clip_attn.in_proj_",
-        "out_mlp.fc1.": "mlp.0.",
-        "out_mlp.fc2.": "mlp.2.",
-    },
-    "quecc": {
-        "query_mlp.fc1.": "0.q_proj.0.",
-        "query_mlp.fc2.": "0.q_proj.2.",
-        "query_norm.": "0.q_proj.3.",
-        "key_mlp.fc1.": "0.k_proj.0.",
-        "key_mlp.fc2.": "0.k_proj.2.",
-        "key_norm.": "0.k_proj.3.",
-        "value_mlp.fc1.": "0.v_proj.0.",
-        "value_mlp.fc2.": "0.v_proj.2.",
-        "value_norm.": "0.v_proj.3.",
-        "query_downsample.": "0.q_downsample.",
-        "text_proj.": "0.text_projection.0.",
-        "text_norm.": "0.text_projection.1.",
-        "attn.out_proj.": "0.clip_attn.out_proj.",
-        "attn.in_proj_": "0.clip_attn.in_proj_",
-        "out_mlp.fc1.": "1.",
-        "out_mlp.fc2.": "3.",
-    },
-    "voco_llama": {"fc1.": "0.", "fc2.": "2."},
-}
 HEAD_DIM = ["--config", "compressor_head_dim=8"]  # the original's 128-wide heads do not fit a 32-wide tower
 
 
@@ -79,8 +44,10 @@ def original_state_dict(model, method: str, drop_rows: int, with_tower: bool = F
     for key, tensor in ours.items():
         if key.startswith("model.compressor."):
             rest = key.removeprefix("model.compressor.")
-            ours_prefix = next(p for p in ORIGINAL_NAMES[method] if rest.startswith(p))
-            original["model.mm_projector." + ORIGINAL_NAMES[method][ours_prefix] + rest[len(ours_prefix) :]] = tensor
+            ours_prefix = next(p for p in ORIGINAL_COMPRESSOR_NAMES[method] if rest.startswith(p))
+            original[
+                "model.mm_projector." + ORIGINAL_COMPRESSOR_NAMES[method][ours_prefix] + rest[len(ours_prefix) :]
+            ] = tensor
         elif key.startswith("model.language_model."):
             original["model." + key.removeprefix("model.language_model.")] = tensor
         elif key == "lm_head.weight":

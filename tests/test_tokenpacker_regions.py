@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from tests.helpers import sample_image
+from tests.helpers import ORIGINAL_COMPRESSOR_NAMES, sample_image
 from visual_token_compression import TokenPackerConfig
 from visual_token_compression.modeling.region_extractor import RegionExtractor
 from visual_token_compression.processing.regions import region_mask
@@ -473,20 +473,7 @@ def test_region_records_load_as_a_dataset_with_mixed_region_forms(tmp_path):
 
 # -- conversion of an original TokenPacker-HD + Osprey checkpoint --------------------------------------------------
 
-# Our TokenPacker compressor prefixes -> the original's `model.mm_projector.` ones (tokenpacker.md §3.1).
-ORIGINAL_PROJECTOR = {
-    "query_proj.": "q_proj_1.",
-    "key_mlp.fc1.": "k_proj_1.0.",
-    "key_mlp.fc2.": "k_proj_1.2.",
-    "value_mlp.fc1.": "v_proj_1.0.",
-    "value_mlp.fc2.": "v_proj_1.2.",
-    "query_norm.": "ln_q_1.",
-    "key_norm.": "ln_k_1.",
-    "value_norm.": "ln_v_1.",
-    "attn.out_proj.": "clip_attn.out_proj.",
-    "out_mlp.fc1.": "mlp.0.",
-    "out_mlp.fc2.": "mlp.2.",
-}
+ORIGINAL_PROJECTOR = ORIGINAL_COMPRESSOR_NAMES["tokenpacker"]  # ours -> `model.mm_projector.` (tokenpacker.md §3.1)
 
 
 def osprey_checkpoint(model, vocab: int) -> dict[str, torch.Tensor]:

@@ -10,10 +10,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-import transformers.video_utils
 from PIL import Image
 from safetensors.torch import load_file
-from transformers.video_utils import VideoMetadata
 
 from visual_token_compression.tools.tiny import build_tiny
 from visual_token_compression.tools.training import (
@@ -63,25 +61,6 @@ def clips(tmp_path_factory):
     ]
     (root / "data.json").write_text(json.dumps(records))
     return root
-
-
-@pytest.fixture()
-def npy_decoder(monkeypatch):
-    """transformers' pyav decoder replaced by one reading `.npy` clips: `load_video` itself runs unchanged (path
-    checks, backend choice, our sampler called before decoding). Records the frames it was asked for."""
-    requested = []
-
-    def read_npy(path, sample_indices_fn, **kwargs):
-        video = np.load(path)
-        metadata = VideoMetadata(total_num_frames=len(video), fps=10.0, video_backend="pyav")
-        indices = sample_indices_fn(metadata=metadata, **kwargs)
-        requested.append(list(indices))
-        metadata.frames_indices = indices
-        return video[indices], metadata
-
-    monkeypatch.setattr(transformers.video_utils, "is_av_available", lambda: True)
-    monkeypatch.setitem(transformers.video_utils.VIDEO_DECODERS, "pyav", read_npy)
-    return requested
 
 
 def frame_index(pixel_values: torch.Tensor, processor) -> list[int]:

@@ -245,25 +245,6 @@ def test_a_video_file_without_a_decoder_raises_transformers_error(processor, tmp
         processor(text="<video>\nhi", videos=[str(tmp_path / "missing.mp4")])
 
 
-@pytest.fixture()
-def npy_decoder(monkeypatch):
-    """transformers' pyav decoder replaced by one that reads `.npy` clips at 10 fps and records what it was asked to
-    decode: `load_video` itself runs unchanged (path checks, backend, the sampler called before decoding)."""
-    requested = []
-
-    def read_npy(path, sample_indices_fn, **kwargs):
-        video = np.load(path)
-        metadata = VideoMetadata(total_num_frames=len(video), fps=10.0, video_backend="pyav")
-        indices = sample_indices_fn(metadata=metadata, **kwargs)
-        requested.append(list(indices))
-        metadata.frames_indices = indices
-        return video[indices], metadata
-
-    monkeypatch.setattr(transformers.video_utils, "is_av_available", lambda: True)
-    monkeypatch.setitem(transformers.video_utils.VIDEO_DECODERS, "pyav", read_npy)
-    return requested
-
-
 def test_a_video_file_is_decoded_by_load_video_with_our_sampling(processor, tmp_path, npy_decoder):
     video = clip(30)
     np.save(tmp_path / "clip.npy", video)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
-from tests.golden import cases_of, classify, fixtures_root, load_case
+from tests.golden import assert_index_lists_every_file, cases_of, classify, load_case
 from visual_token_compression import QueCCConfig
 from visual_token_compression.modeling.layers import GeluMLP
 from visual_token_compression.modeling.quecc import QueCCCompressor
@@ -108,12 +106,7 @@ def test_every_check_has_cases():
 def test_index_lists_every_file(name):
     """The index names exactly the folder's files, and each tensor file byte for byte (not the manifests: three
     were edited after the index was written)."""
-    folder = fixtures_root() / METHOD
-    listed = {entry["file"]: entry for entry in load_case(METHOD, name).manifest["files"]}
-    assert set(listed) == {path.name for path in folder.iterdir()} - {f"{name}.json"}
-    for file, entry in listed.items():
-        if file.endswith(".safetensors"):
-            assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == entry["sha256"], file
+    assert_index_lists_every_file(METHOD, name, checksummed=lambda file: file.endswith(".safetensors"))
 
 
 @pytest.mark.parametrize("name", cases_of(KINDS, "quecc"))

@@ -6,7 +6,6 @@ its manifest's dims, so that new cases (another grid mix, the unmodified origina
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.golden import cases_of, classify, fixtures_root, load_case
+from tests.golden import assert_index_lists_every_file, cases_of, classify, load_case
 from visual_token_compression import TokenPackerConfig
 from visual_token_compression.modeling.region_extractor import RegionExtractor, cell_masks
 from visual_token_compression.processing.tokenpacker import TokenPackerProcessor
@@ -80,11 +79,7 @@ def test_every_check_has_cases():
 @pytest.mark.parametrize("name", cases_of(KINDS, "index"))
 def test_index_lists_every_file(name):
     """The index names every other file of the folder with its checksum, so a stale or missing case is caught."""
-    folder = fixtures_root() / METHOD
-    listed = {entry["file"]: entry["sha256"] for entry in load_case(METHOD, name).manifest["files"]}
-    assert set(listed) == {path.name for path in folder.iterdir() if path.name != "index.json"}
-    for file, sha256 in listed.items():
-        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == sha256, file
+    assert_index_lists_every_file(METHOD, name)
 
 
 # -- the region extractor -----------------------------------------------------------------------------------------

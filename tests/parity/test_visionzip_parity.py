@@ -7,12 +7,11 @@ attention and keys are recomputed by `cls_attention_and_keys`, not read from the
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import pytest
 import torch
 
-from tests.golden import cases_of, classify, fixtures_root, load_case
+from tests.golden import assert_index_lists_every_file, cases_of, classify, load_case
 from visual_token_compression import VisionZipConfig
 from visual_token_compression.modeling.visionzip import VisionZipModel, VisionZipSelection
 from visual_token_compression.tools.tiny import tiny_text_config
@@ -112,11 +111,7 @@ def test_every_check_has_cases():
 @pytest.mark.parametrize("name", cases_of(KINDS, "index"))
 def test_index_lists_every_file(name):
     """The index names every other file of the folder with its checksum, so a stale or missing case is caught."""
-    folder = fixtures_root() / METHOD
-    listed = {entry["file"]: entry["sha256"] for entry in load_case(METHOD, name).manifest["files"]}
-    assert set(listed) == {path.name for path in folder.iterdir() if path.name != "index.json"}
-    for file, sha256 in listed.items():
-        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == sha256, file
+    assert_index_lists_every_file(METHOD, name)
 
 
 @pytest.mark.parametrize("name", VIEW_CASES)

@@ -130,6 +130,22 @@ def compose(model_type: str, tower: str, language_model: str, folder: Path, seed
     return str(folder)
 
 
+def check_save_folder(save: str | None, overwrite: bool):
+    """Before any training: a non-empty `--save` folder is replaced only with `--overwrite`."""
+    if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
+        raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
+
+
+def save_trained(trained: str | Path, save: str | Path, report: str) -> Path:
+    """The trained model and processor folder copied to `save` (replacing it; no checkpoints or pickled training
+    arguments), with the table as `demo.md`."""
+    if Path(save).exists():
+        shutil.rmtree(save)
+    shutil.copytree(trained, save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
+    (Path(save) / "demo.md").write_text(report)
+    return Path(save)
+
+
 def stage_steps(stage: int, data: dict, steps_scale: float, epochs: float | None = None) -> int:
     epochs = STAGE_SETTINGS[stage][0] if epochs is None else epochs
     records = len(json.loads(Path(stage_data(stage, data)).read_text()))
@@ -259,8 +275,7 @@ def run_demo(
 ) -> float:
     """Trains and compares; returns the compressed model's held-out accuracy (the last line printed). The same
     settings are also timed at the shapes of `vtc bench --preset speed_preset` (random weights)."""
-    if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
-        raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
+    check_save_folder(save, overwrite)
     label = method_label(model_type, config_kwargs)
     speed_shape = shape_description(speed_preset)
     user_kwargs, config_kwargs = config_kwargs, {**MODEL_TYPES[model_type].tiny_config_kwargs, **config_kwargs}
@@ -306,11 +321,7 @@ def run_demo(
         report = table(entries, data["chance"])
         print("\n" + report)
         if save is not None:
-            if Path(save).exists():
-                shutil.rmtree(save)
-            shutil.copytree(trained, save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
-            (Path(save) / "demo.md").write_text(report)
-            plot(entries, data["chance"], Path(save) / "demo.png")
+            plot(entries, data["chance"], save_trained(trained, save, report) / "demo.png")
             print(f"saved the trained {model_type} model and processor to {save}, with the table and plot (demo.png)")
     print(f"accuracy: {compressed.accuracy:.3f} (chance: {data['chance']:.3f})")
     return compressed.accuracy

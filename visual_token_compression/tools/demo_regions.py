@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from ..modeling import region_extractor
-from .demo import BATCH_SIZE, compose, training_flags, write_parts
+from .demo import BATCH_SIZE, check_save_folder, compose, save_trained, training_flags, write_parts
 from .evaluation import load_vqa_accuracy
 from .training.synthetic_regions import REGION_QUESTIONS, make_region_dataset
 from .training.train import main as train_main
@@ -105,8 +104,7 @@ def run_region_demo(
     save: str | None = None, overwrite: bool = False, steps_scale: float = 1.0, seed: int = 0
 ) -> float:
     """Trains, evaluates with and without masks; returns the accuracy with masks (the last line printed)."""
-    if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
-        raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
+    check_save_folder(save, overwrite)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtc-demo-regions-") as work:
         work = Path(work)
@@ -131,10 +129,7 @@ def run_region_demo(
         report = table(results, data["chance"])
         print("\n" + report)
         if save is not None:
-            if Path(save).exists():
-                shutil.rmtree(save)
-            shutil.copytree(source, save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
-            (Path(save) / "demo.md").write_text(report)
+            save_trained(source, save, report)
             print(f"saved the trained model and processor to {save}, with the table (demo.md)")
     accuracy = results["with its mask"]["accuracy"]
     print(f"time: {time.perf_counter() - start:.0f} s")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from ..compat import output_cache
 from .benchmarks.measure import cache_bytes
 from .benchmarks.report import human_bytes
-from .demo import compose, fresh_projection, training_flags, write_parts
+from .demo import check_save_folder, compose, fresh_projection, save_trained, training_flags, write_parts
 from .demo_baseline import compose_llava, train_llava_stage
 from .demo_report import Entry
 from .tiny import tiny_vision_config
@@ -263,8 +262,7 @@ def run_video_demo(
 ) -> list[VideoEntry]:
     """Trains the three models and compares them; returns them, VoCo-LLaMA video first (the last line printed is
     its accuracy per question kind)."""
-    if save is not None and Path(save).exists() and any(Path(save).iterdir()) and not overwrite:
-        raise FileExistsError(f"{save} is not empty; pass --overwrite to replace what is there.")
+    check_save_folder(save, overwrite)
     with tempfile.TemporaryDirectory(prefix="vtc-demo-video-") as work:
         work = Path(work)
         data = make_video_dataset(
@@ -299,13 +297,7 @@ def run_video_demo(
         report = table(entries, data["chance"])
         print("\n" + report)
         if save is not None:
-            if Path(save).exists():
-                shutil.rmtree(save)
-            shutil.copytree(
-                folders[METHODS[0]], save, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin")
-            )
-            (Path(save) / "demo.md").write_text(report)
-            plot(entries, data["chance"], Path(save) / "demo.png")
+            plot(entries, data["chance"], save_trained(folders[METHODS[0]], save, report) / "demo.png")
             print(
                 f"saved the trained VoCo-LLaMA video model and processor to {save}, with the table and plot (demo.png)"
             )
