@@ -31,13 +31,16 @@ demo: install
 	$(VENV)/bin/vtc demo --save outputs/demo --overwrite
 
 # The whole suite on every core (pytest-xdist; a module or test class per worker at a time, so that module fixtures
-# such as the demo runs are built once). `make test-fast` is the edit loop: the same without the `slow` tests (the
-# full demos and the real-LLM tests).
+# such as the demo runs are built once; the longest modules first, in tests/conftest.py's order, which
+# --no-loadscope-reorder keeps). `make test-fast` is the edit loop: the same without the `slow` tests (the full demos
+# and the real-LLM tests).
+XDIST := -n auto --dist loadscope --no-loadscope-reorder
+
 test: install
-	$(PY) -m pytest -q -n auto --dist loadscope
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: install
-	$(PY) -m pytest -q -n auto --dist loadscope -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 # The transformers 4.57 compatibility suite, in its own venv (created once, like .venv). Its cross-version tests
 # run the other venv's interpreter, so both venvs must exist.

@@ -22,10 +22,16 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules holding a `slow` test (the full demos, minutes each) first, so that pytest-xdist, which hands out
-    whole modules in this order, starts the longest work at once instead of leaving it to one worker at the end."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    """The longest modules first: pytest-xdist hands whole modules to the workers in this order (`make test` keeps
+    it with `--no-loadscope-reorder`; by default xdist would order modules by their number of tests, which leaves the
+    demos, few tests of minutes each, to the end). So one worker starts the video demo at once while the other runs
+    the image and region demos and then the rest. A module weighs the largest `minutes=` of its `slow` marks (about
+    its minutes on one core: a scheduling hint, nothing is asserted on it)."""
+    weight: dict[str, float] = {}
+    for item in items:
+        minutes = max((mark.kwargs.get("minutes", 0) for mark in item.iter_markers("slow")), default=0)
+        weight[item.module.__name__] = max(weight.get(item.module.__name__, 0), minutes)
+    items.sort(key=lambda item: -weight[item.module.__name__])  # stable: each module's tests stay together, in order
 
 
 @pytest.fixture()

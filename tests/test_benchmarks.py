@@ -16,7 +16,14 @@ from visual_token_compression.tools.benchmarks.measure import cache_bytes, count
 from visual_token_compression.tools.benchmarks.parts import record_parts
 from visual_token_compression.tools.benchmarks.presets import PRESETS
 from visual_token_compression.tools.benchmarks.report import markdown_table, plot_speedups, write_json
-from visual_token_compression.tools.benchmarks.runner import BARE_LLM_PARTS, Benchmark, variants
+from visual_token_compression.tools.benchmarks.runner import (
+    BARE_LLM_PARTS,
+    Benchmark,
+    Prepared,
+    overhead,
+    overhead_settled,
+    variants,
+)
 from visual_token_compression.tools.benchmarks.sweeps import COMPRESSOR_FLOPS, LLM_FLOPS, Variant
 from visual_token_compression.tools.demo_speed import TIMED_ROUNDS, realistic_rows, shape_description
 from visual_token_compression.tools.tiny import build_tiny, tiny_text_config, tiny_vision_config
@@ -39,7 +46,8 @@ def test_llm_flops_hand_count():
     # 2 layers, width 32, MLP 64, 4 query heads and 2 KV heads of 8, vocab 512; 10 new tokens after 5 cached.
     q_and_out = 2 * (2 * 10 * 32 * 32)
     k_and_v = 2 * (2 * 10 * 32 * 16)
-    attention = 2 * 2 * 10 * 15 * 32
+    attended = 10 * 5 + sum(range(1, 11))  # each new token: the 5 cached, the new ones before it, itself
+    attention = 2 * 2 * attended * 32
     gated_mlp = 3 * 2 * 10 * 32 * 64
     head = 2 * 1 * 32 * 512
     expected = 2 * (q_and_out + k_and_v + attention + gated_mlp) + head
@@ -53,10 +61,29 @@ def test_formulas_match_the_flop_counter_on_the_real_modules(attn_implementation
     tower, llm = CLIPVisionModel(vision_config).eval(), LlamaForCausalLM(text_config).eval()
     ids = torch.randint(0, 500, (1, 11))
     counted = counted_flops(lambda: llm(ids, logits_to_keep=1))["Global"]
-    assert counted == flops.llm_flops(text_config, 11)
+    # SDPA is counted over the pairs attended; eager multiplies the whole rectangle and masks it afterwards, so the
+    # counter also counts the 11 * 10 / 2 pairs above the diagonal in each of the 2 layers.
+    masked = 2 * 2 * (11 * 10 // 2) * text_config.hidden_size if attn_implementation == "eager" else 0
+    assert counted == flops.llm_flops(text_config, 11) + text_config.num_hidden_layers * masked
     pixels = torch.randn(2, 3, 32, 32)
     counted = counted_flops(lambda: tower(pixels, output_hidden_states=True))["Global"]
     assert counted == flops.clip_vision_flops(vision_config, views=2)
+
+
+def test_the_causal_kernel_reads_no_key_after_its_query_block():
+    """Why the LLM's attention is counted over the pairs attended (`flops.attention(causal=True)`), not the whole
+    rectangle torch's counter counts: SDPA's causal kernel never reads the keys and values after a query block, which
+    a dense kernel given the same causal mask multiplies by zero all the same. NaN values in the second half of a
+    2,048-token sequence tell which: NaN * 0 is NaN. (The CPU kernel's key blocks are 512 wide; this holds for any
+    block up to 1,024.)"""
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 1, 2, 2048, 16).unbind()
+    value[:, :, 1024:] = float("nan")
+    causal = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
+    assert causal[:, :, :1024].isfinite().all()
+    mask = torch.ones(2048, 2048, dtype=torch.bool).tril()
+    dense = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    assert dense[:, :, :1024].isnan().all()
 
 
 @pytest.mark.parametrize(
@@ -257,3 +284,23 @@ def test_a_cached_voco_row_is_the_bare_causal_lm_and_nothing_else():
     assert [call.part for call in parts.calls] == list(BARE_LLM_PARTS)
     decoder = parts.calls[1]
     assert decoder.kwargs["inputs_embeds"].shape[1] == row.inputs["input_ids"].shape[1]  # the question alone
+
+
+def test_the_overhead_interval_and_when_a_row_needs_more_rounds():
+    """The overhead's 95 % interval uses Student's t (three rounds say little), and a row gets more rounds only while
+    more could move its verdict on the 3 % budget."""
+
+    def row(ratios):
+        prepared = Prepared(Variant("row", "tokenpacker"), None, {}, {}, None, views=1)
+        prepared.part_seconds = [{"llm": 0.75, "head": 0.25}] * len(ratios)  # the parts sum to 1 s
+        prepared.prefill_seconds = list(ratios)
+        return prepared
+
+    ratio, half_width = overhead(row([1.00, 1.02, 0.98]))
+    assert ratio == pytest.approx(1.0)
+    assert half_width == pytest.approx(4.302653 * 0.02 / 3**0.5)  # t(0.975, 2 degrees of freedom), not 1.96
+    assert overhead(row([1.0, 1.0]))[1] == float("inf")
+    assert not overhead_settled(row([1.00, 1.02, 0.98]))  # 1.00 +-5 %: might still be over 1.03
+    assert overhead_settled(row([1.000, 1.002, 0.998]))  # +-0.5 %
+    assert overhead_settled(row([0.90, 0.95, 0.85]))  # +-14 %, but wholly below 1.03
+    assert overhead_settled(row([1.20, 1.25, 1.15]))  # wholly above: more rounds would not change the verdict

@@ -93,7 +93,7 @@ def test_demo_trains_both_models_and_ends_with_the_table_and_accuracy_line(demo_
         assert 1 / max(options) < chance < 1 / min(options), (name, chance)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 def test_the_full_demo_reaches_its_documented_accuracy(capsys):
     """`vtc demo` as shipped (TokenPacker, every step) must keep the accuracy docs/demo.md reports."""
     main(["demo"])

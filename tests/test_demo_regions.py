@@ -51,7 +51,7 @@ def test_region_demo_runs_end_to_end_and_saves_a_region_model(tmp_path, monkeypa
     assert (folder / "demo.md").read_text().count("| image + question") == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_the_full_region_demo_reaches_its_documented_accuracy(capsys):
     """`vtc demo --regions` as shipped must keep the accuracy docs/demo.md reports with masks, and stay near chance
     with an empty mask (the image alone never says which of its three shapes a question means)."""

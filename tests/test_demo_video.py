@@ -143,7 +143,7 @@ MARGIN = 0.05
 DIRECTION_TARGET, ATTRIBUTE_TARGET, CONTROL_CAP = 0.85, 0.9, 0.5
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=10)
 def test_the_full_video_demo_reaches_its_documented_accuracy(capsys):
     """`vtc demo --video` as shipped: VoCo video's direction accuracy as documented and above its target, the control
     order-blind (the held-out clips come in reversal pairs, so it can be right on at most half of them), colour and

@@ -294,6 +294,11 @@ def test_batches_and_beams_carry_each_samples_regions(tiny):
                 alone = model.generate(**alone_inputs, max_new_tokens=4, do_sample=False, **settings)
             rows = together[index * copies : (index + 1) * copies, width:]
             assert rows.tolist() == alone[:, alone_inputs["input_ids"].shape[1] :].tolist(), (settings, index)
+    # The expansion repeats the declared per-image list image by image; a list of another length is refused, not
+    # truncated (`generate` refuses it earlier, when it encodes the images; this guards other callers).
+    wrong = {**batch, "region_masks": [*batch["region_masks"], batch["region_masks"][0]]}
+    with pytest.raises(ValueError, match="`region_masks` holds 3 entries for 2 images"):
+        model._expand_inputs_for_generation(expand_size=2, **wrong)
 
 
 def test_pipeline_and_chat_template_take_regions(tiny):

@@ -51,6 +51,7 @@ class CompressorOutput(ModelOutput):
     `image_features`: (views, tokens, hidden), written into the image placeholders in order. `token_mask`: (views,
     tokens), 1 on the slots the compressor filled and 0 on those it left unfilled (a dynamic token count, as SeTok's),
     which the language model must not attend to; integers like an attention mask. `None` when every slot is filled.
+    A subclass's tensors hold one row per view too; its lists hold one entry per image (`generate` expands both so).
     """
 
     image_features: torch.FloatTensor | None = None
@@ -253,11 +254,14 @@ class CompressedVLMModel(CompressedVLMPreTrainedModel):
 
     `compressor_input_names` lists extra processor outputs (besides `pixel_values`) that `forward` hands to
     `get_image_features`, e.g. QueCC's query tokens; like `pixel_values` they are read at prefill only, and they are
-    named in both signatures (see `with_named_inputs`).
+    named in both signatures (see `with_named_inputs`). They hold one row per view, like `pixel_values`, except
+    those in `per_image_input_names`: lists of one entry per image (TokenPacker-HD's region masks), which
+    `generate`'s expansion for beams repeats per image.
     """
 
     compressor_class: type[nn.Module]
     compressor_input_names: tuple[str, ...] = ()
+    per_image_input_names: tuple[str, ...] = ()
     # Video frames the tower encodes per pass (and VoCo-LLaMA's inference prefill runs side by side): bounds the
     # memory of a long clip, not its result.
     frames_per_chunk = 8
@@ -742,16 +746,20 @@ class CompressedVLMForConditionalGeneration(CompressedVLMPreTrainedModel, Genera
             if modality == "video" and encoded is not None:
                 encoded.video_num_frames = items[item_index.to(items.device)]
 
-            # Per-item lists (TokenPacker-HD's region masks in, its region vectors out: one entry per image).
-            def per_item(value):
+            # What holds one entry per image: the model's `per_image_input_names` (TokenPacker-HD's region masks)
+            # in, the compressor output's lists (its region vectors) out.
+            def per_item(name, value):
+                if len(value) != len(rows_per_item):  # repeating would silently drop or misplace entries
+                    raise ValueError(f"`{name}` holds {len(value)} entries for {len(rows_per_item)} {modality}s.")
                 return [value[index] for index in item_index.tolist()]
 
-            for name in row_names[1:]:
-                if isinstance(model_kwargs.get(name), (list, tuple)) and len(model_kwargs[name]) == len(rows_per_item):
-                    expanded[name] = per_item(model_kwargs[name])
+            per_item_inputs = self.model_class.per_image_input_names if modality == "image" else ()
+            for name in per_item_inputs:
+                if model_kwargs.get(name) is not None:
+                    expanded[name] = per_item(name, model_kwargs[name])
             for name, value in encoded.compressor_output.items() if compressed is not None else ():
-                if isinstance(value, (list, tuple)) and len(value) == len(rows_per_item):
-                    encoded.compressor_output[name] = per_item(value)
+                if isinstance(value, list):
+                    encoded.compressor_output[name] = per_item(name, value)
         return expanded
 
     def _get_candidate_generator(self, *args, **kwargs):

@@ -95,6 +95,7 @@ class TokenPackerModel(CompressedVLMModel):
     config_class = TokenPackerConfig
     compressor_class = TokenPackerCompressor
     compressor_input_names = ("region_masks",)
+    per_image_input_names = ("region_masks",)
 
     def compress(self, vision_hidden_states: tuple[torch.Tensor, ...], region_masks=None):
         """The views' tokens, and with `region_masks` each region's vector (`RegionCompressorOutput`)."""

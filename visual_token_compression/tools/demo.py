@@ -148,7 +148,12 @@ def save_trained(trained: str | Path, save: str | Path, report: str) -> Path:
 
 def stage_steps(stage: int, data: dict, steps_scale: float, epochs: float | None = None) -> int:
     epochs = STAGE_SETTINGS[stage][0] if epochs is None else epochs
-    records = len(json.loads(Path(stage_data(stage, data)).read_text()))
+    return training_steps(stage_data(stage, data), epochs, steps_scale)
+
+
+def training_steps(records_file, epochs: float, steps_scale: float) -> int:
+    """Optimizer steps of `epochs` passes over a records file at `BATCH_SIZE`, times `steps_scale` (at least 1)."""
+    records = len(json.loads(Path(records_file).read_text()))
     return max(1, round(epochs * records / BATCH_SIZE * steps_scale))
 
 

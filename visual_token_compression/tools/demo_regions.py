@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from ..modeling import region_extractor
-from .demo import BATCH_SIZE, check_save_folder, compose, save_trained, training_flags, write_parts
+from .demo import check_save_folder, compose, save_trained, training_flags, training_steps, write_parts
 from .evaluation import load_vqa_accuracy
 from .training.synthetic_regions import REGION_QUESTIONS, make_region_dataset
 from .training.train import main as train_main
@@ -116,8 +116,7 @@ def run_region_demo(
         tower, language_model = write_parts(work / "parts", "tiny", data, seed)
         source = compose("tokenpacker", tower, language_model, work / "composed", seed, **CONFIG)
         for stage, epochs, learning_rate, split, what in STAGES:
-            records = len(json.loads(Path(data[split]).read_text()))
-            steps = max(1, round(epochs * records / BATCH_SIZE * steps_scale))
+            steps = training_steps(data[split], epochs, steps_scale)
             print(f"\n== stage {stage}: {what}, {steps} steps ==")
             flags = training_flags(stage, steps, work / f"stage{stage}", seed, learning_rate)
             argv = ["--stage", str(stage), "--regions", "--init_from", source, "--data", str(data[split])]

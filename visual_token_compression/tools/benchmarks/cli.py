@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--max-overhead-repeats",
         type=int,
         default=None,
-        help="prefill rounds a row may get in all until its overhead is known to +-1.5%% (default: the preset's)",
+        help="prefill rounds a row may get in all until its overhead is known to +-1.5%% or clearly within or over "
+        "the 3%% budget (default: the preset's)",
     )
     parser.add_argument("--output", default=None, help="JSON file of the rows (default: bench_<preset>.json)")
     parser.add_argument("--markdown", default=None, help="also write the table here (it is always printed)")

@@ -5,7 +5,10 @@ processor's inputs of the prefill (`views_of(inputs)` views; QueCC also reads it
 
 Only matrix products are counted (linear layers, convolutions, attention scores and attention-weighted values), the
 convention of `torch.utils.flop_counter`; norms, activations, softmax and gathers are left out. Attention is counted
-over the full (query x key) rectangle, as the kernels given an explicit mask compute it.
+over the (query, key) pairs attended: every pair in the vision tower and the compressors, each token's earlier keys
+and itself in the causal LLM. That is the work a causal prefill needs, and the part SDPA's causal kernels do: they
+skip the key blocks after each query block (`tests/test_benchmarks.py` shows it), where torch's FLOP counter and the
+dense kernels (eager, an explicit mask) count the whole rectangle, twice the work of a long causal prefill.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ def linear(tokens: int, in_features: int, out_features: int) -> int:
     return 2 * tokens * in_features * out_features
 
 
-def attention(queries: int, keys: int, heads: int, head_dim: int) -> int:
-    """Scores (q . k) and weighted values (p . v) of one multi-head attention."""
-    return 2 * 2 * queries * keys * heads * head_dim
+def attention(queries: int, keys: int, heads: int, head_dim: int, causal: bool = False) -> int:
+    """Scores (q . k) and weighted values (p . v) of one multi-head attention over every (query, key) pair, or with
+    `causal` (the queries are the last of the keys) over each query's earlier keys and itself."""
+    pairs = queries * keys - (queries * (queries - 1) // 2 if causal else 0)
+    return 2 * 2 * pairs * heads * head_dim
 
 
 def clip_vision_flops(vision_config, views: int = 1) -> int:
@@ -75,7 +80,7 @@ def llm_flops(text_config, new_tokens: int, past_tokens: int = 0, logits_tokens:
         linear(new_tokens, width, heads * head_dim)
         + 2 * linear(new_tokens, width, kv_heads * head_dim)
         + linear(new_tokens, heads * head_dim, width)
-        + attention(new_tokens, past_tokens + new_tokens, heads, head_dim)
+        + attention(new_tokens, past_tokens + new_tokens, heads, head_dim, causal=True)
         + 3 * linear(new_tokens, width, mlp)
     )
     return text_config.num_hidden_layers * layer + linear(logits_tokens, width, text_config.vocab_size)

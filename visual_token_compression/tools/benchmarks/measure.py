@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 
@@ -20,12 +21,18 @@ def cache_bytes(cache) -> int:
 
 
 def timed_call(fn, device: torch.device):
-    """(result, seconds) of `fn()` with the device synchronised on both ends."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return result, time.perf_counter() - start
+    """(result, seconds) of `fn()` with the device synchronised on both ends and, as `timeit` does, Python's garbage
+    collector held off during it (the runner collects before each round of a row), so that no timing pays for a
+    collection of the whole heap at a random point."""
+    gc.disable()
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        return result, time.perf_counter() - start
+    finally:
+        gc.enable()
 
 
 class TokenClock(BaseStreamer):
@@ -73,21 +80,34 @@ def peak_memory_bytes(fn, device: torch.device) -> int:
     return max(itertools.accumulate((change for _, change in changes), initial=0))
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
+def _attended_sdpa_flops(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, out_val=None, **_):
+    """SDPA's scores and weighted values over the (query, key) pairs attended: all of them, the lower triangle with
+    `is_causal` (top-left aligned, as SDPA's), or those a boolean or additive mask lets through."""
+    batch, heads, queries, head_dim = query.shape
+    keys, value_dim = key.shape[-2], value.shape[-1]
+    if is_causal:
+        attended = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril()
+    elif attn_mask is not None:
+        attended = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
+    else:
+        attended = torch.ones((), dtype=torch.bool)
+    pairs = int(attended.expand(batch, heads, queries, keys).sum())
+    return 2 * pairs * (head_dim + value_dim)
 
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+_attended_sdpa_flops._get_raw = True  # called with the tensors (the mask's values), not only their shapes
 
 
 def counted_flops(fn) -> dict[str, int]:
     """FLOPs of `fn()` per module path ('Global' is the total), from `torch.utils.flop_counter`.
 
-    The counter has no formula for the CPU flash-attention kernel SDPA runs on, so it is given the one of the other
-    SDPA kernels; otherwise attention would count as free on CPU.
+    The CPU flash-attention kernel that SDPA runs on has no formula in the counter (attention would count as free),
+    so it is given one that counts the pairs attended, the convention of `flops.attention`; the counter's own
+    formulas for the other kernels count the whole (query x key) rectangle.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attended_sdpa_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
         fn()
     return {name: sum(by_op.values()) for name, by_op in counter.get_flop_counts().items()}
