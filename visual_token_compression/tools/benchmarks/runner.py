@@ -423,30 +423,32 @@ OVERHEAD_PRECISION = 0.015
 def overhead_settled(row: Prepared) -> bool:
     """Whether more rounds would tell more about the row's overhead: not once its 95 % interval is within +-1.5 %, or
     lies wholly below or above the budget (a long prefill clearly within it needs no more minutes)."""
-    _, half_width = overhead(row)
-    mean = statistics.fmean(_overhead_ratios(row))
+    _, mean, half_width = _overhead_interval(row)
     low, high = mean * (1 - half_width), mean * (1 + half_width)
     return half_width <= OVERHEAD_PRECISION or high < OVERHEAD_BUDGET or low > OVERHEAD_BUDGET
 
 
 def overhead(row: Prepared) -> tuple[float, float]:
     """The row's prefill time over the sum of its parts (median over rounds) and the half-width of the 95 % interval
-    of that ratio's mean, relative to it (inf with fewer than 3 rounds). Student's t, not the normal 1.96: with the
-    3 to 5 rounds most rows get, the normal quantile would give an interval 1.4 to 2.2 times too narrow."""
+    of that ratio's mean, relative to it (inf with fewer than 3 rounds)."""
+    median, _, half_width = _overhead_interval(row)
+    return median, half_width
+
+
+def _overhead_interval(row: Prepared) -> tuple[float, float, float]:
+    """(median, mean, relative half-width of the mean's 95 % interval) of the rounds' prefill / parts ratios.
+    Student's t, not the normal 1.96: with the 3 to 5 rounds most rows get, the normal quantile would give an
+    interval 1.4 to 2.2 times too narrow."""
     from scipy.stats import t as student_t
 
-    ratios = _overhead_ratios(row)
-    if len(ratios) < 3:
-        return statistics.median(ratios), float("inf")
-    mean, rounds = statistics.fmean(ratios), len(ratios)
-    quantile = student_t.ppf(0.975, rounds - 1)
-    return statistics.median(ratios), quantile * statistics.stdev(ratios) / rounds**0.5 / mean
-
-
-def _overhead_ratios(row: Prepared) -> list[float]:
-    return [
+    ratios = [
         seconds / sum(parts.values()) for seconds, parts in zip(row.prefill_seconds, row.part_seconds, strict=True)
     ]
+    mean, rounds = statistics.fmean(ratios), len(ratios)
+    if rounds < 3:
+        return statistics.median(ratios), mean, float("inf")
+    half_width = student_t.ppf(0.975, rounds - 1) * statistics.stdev(ratios) / rounds**0.5 / mean
+    return statistics.median(ratios), mean, half_width
 
 
 def part_median(row: Prepared, part: str) -> float:
