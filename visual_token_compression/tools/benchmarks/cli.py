@@ -64,6 +64,7 @@ def bench_cli(argv: list[str] | None = None) -> int:
     header = (
         f"preset `{preset.name}`, {machine}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, "
         f"{preset.repeats} prefill rounds, {preset.decode_repeats} generate rounds of {preset.new_tokens} tokens\n"
+        f"allocator: {benchmark.allocator}\n"
     )
     if benchmark.skipped:
         header += "skipped: " + "; ".join(benchmark.skipped) + "\n"

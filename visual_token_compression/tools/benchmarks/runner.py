@@ -23,6 +23,7 @@ from ...processing.base import build_image_processor
 from ...registry import MODEL_TYPES
 from ..tiny import byte_tokenizer
 from . import flops
+from .allocator import keep_freed_memory
 from .measure import TokenClock, cache_bytes, counted_flops, peak_memory_bytes, timed_call
 from .parts import Parts, record_parts
 from .presets import Preset
@@ -81,6 +82,8 @@ class Benchmark:
 
     def __init__(self, preset: Preset, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
         self.preset = preset
+        # Process-wide, before any row allocates: no row's timing may depend on the passes run before it.
+        self.allocator = keep_freed_memory()
         self.device = torch.device(device)
         self.dtype = dtype
         self.seed = seed
