@@ -85,13 +85,13 @@ def _attended_sdpa_flops(query, key, value, dropout_p=0.0, is_causal=False, *, a
     `is_causal` (top-left aligned, as SDPA's), or those a boolean or additive mask lets through."""
     batch, heads, queries, head_dim = query.shape
     keys, value_dim = key.shape[-2], value.shape[-1]
-    if is_causal:
-        attended = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril()
+    if is_causal:  # query i sees keys 0..i
+        pairs = batch * heads * sum(min(row + 1, keys) for row in range(queries))
     elif attn_mask is not None:
         attended = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
+        pairs = int(attended.expand(batch, heads, queries, keys).sum())
     else:
-        attended = torch.ones((), dtype=torch.bool)
-    pairs = int(attended.expand(batch, heads, queries, keys).sum())
+        pairs = batch * heads * queries * keys
     return 2 * pairs * (head_dim + value_dim)
 
 
