@@ -11,7 +11,7 @@ from ...registry import MODEL_TYPES
 from ..tiny import tiny_text_config, tiny_vision_config
 
 # ViT-B/16 at 384 px: the 24 x 24 = 576-patch grid of CLIP-L/14-336 (so every method's settings apply unchanged)
-# at a third of its FLOPs, so that the `small` preset runs on a 2-core CPU in about half an hour.
+# at a third of its FLOPs, so that the `small` preset runs on a 2-core CPU in about 20 minutes.
 SMALL_VISION = {
     "model_type": "clip_vision_model",
     "hidden_size": 768,
