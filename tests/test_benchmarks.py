@@ -311,8 +311,8 @@ def test_the_overhead_interval_and_when_a_row_needs_more_rounds():
     assert overhead_settled(row([1.20, 1.25, 1.15]))  # wholly above: more rounds would not change the verdict
 
 
-# A decoder's prefill (4 layers, width 256, 512 tokens; one thread, so that every allocation is the main thread's):
-# the median page faults of ten passes after two warm-up passes.
+# One 16 MiB malloc and free, read from glibc's accounting: the bytes mapped on their own while the block lives and
+# after its free, the heap's growth at the same two points, and the heap's free bytes at the end.
 BLOCK_PLACEMENT = """
 import ctypes, sys
 
