@@ -13,8 +13,8 @@ from ..processing.images import load_image
 from ..registry import MODEL_TYPES
 from .config_args import add_config_argument, config_fields
 
-# Each subcommand's code is imported when it runs: `vtc train` and `vtc demo` need the `train` extra
-# (datasets, evaluate, peft), which `vtc generate` or `vtc push` do not.
+# Each subcommand's code is imported when it runs: `vtc train`, `vtc demo`, `vtc bench` and `vtc scaling-law` need
+# the `train` extra (datasets, evaluate, peft; matplotlib and scipy), which `vtc generate` or `vtc push` do not.
 
 
 def _refuse_flags(args, demo: str, models: str):
